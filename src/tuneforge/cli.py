@@ -1,0 +1,186 @@
+"""Command map: each subcommand builds a typed config and calls one stage function.
+
+    tuneforge models
+    tuneforge generate --model smollm2-135m --chat "Hello"
+    tuneforge prepare data.jsonl --out data/prepared
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from tuneforge.errors import Problem, TuneforgeError
+
+app = typer.Typer(
+    help="tuneforge: prepare data, fine-tune, evaluate and serve small language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+MAX_PRINTED = 200
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; flags and --set override it")
+SetOpt = typer.Option([], "--set", help="override a config key, e.g. --set seed=1 (repeatable)")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _split(value: str) -> Any:
+    try:
+        parts = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        return value
+    return parts
+
+
+@app.command()
+def prepare(
+    inputs: list[Path] = typer.Argument(..., help="data files: .jsonl, .json, .csv, .parquet"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    model: Optional[str] = typer.Option(None, help="model whose tokenizer counts tokens [smollm2-135m]"),
+    format: Optional[str] = typer.Option(None, "--format", help="auto|openai|prompt_completion|alpaca|sharegpt|text|preference|columns"),
+    input_col: Optional[str] = typer.Option(None, help="column with the input (CSV/Parquet)"),
+    output_col: Optional[str] = typer.Option(None, help="column with the expected output (CSV/Parquet)"),
+    system: Optional[str] = typer.Option(None, help="system prompt for records that have none"),
+    split: Optional[str] = typer.Option(None, help="train,val,test shares [0.8,0.1,0.1]"),
+    seed: Optional[int] = typer.Option(None, help="split and sampling seed [0]"),
+    max_seq_len: Optional[int] = typer.Option(None, help="longer examples are errors (too_long) [2048]"),
+    redact_pii: Optional[bool] = typer.Option(None, "--redact-pii", help="replace emails, phones, cards, IBANs, IPs, SSNs"),
+    near_dup_threshold: Optional[float] = typer.Option(None, help="Jaccard similarity for near duplicates [0.9]"),
+    drop_near_dups: Optional[bool] = typer.Option(None, "--drop-near-dups", help="keep one record per near-duplicate group"),
+    drop_outliers: Optional[bool] = typer.Option(None, "--drop-outliers", help="drop length outliers (else flagged)"),
+    on_error: Optional[str] = typer.Option(None, help="fail|drop: stop on bad records, or leave them out [fail]"),
+    on_contradiction: Optional[str] = typer.Option(None, help="drop|keep_first|keep [drop]"),
+    task: Optional[str] = typer.Option(None, help="auto|classification|extraction|generation|sql|preference|pretraining"),
+    val: list[Path] = typer.Option([], "--val", help="use this file as the validation split"),
+    test: list[Path] = typer.Option([], "--test", help="use this file as the test split"),
+    memorisation_check: Optional[bool] = typer.Option(None, "--memorisation-check/--no-memorisation-check", help="check whether the base model reproduces the data [on]"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Validate, clean and split a dataset; writes train/val/test.jsonl and report.json/.md."""
+    from tuneforge.config import build_config
+    from tuneforge.data.config import PrepareConfig
+    from tuneforge.data.prepare import prepare as run_prepare
+
+    values = dict(inputs=inputs, out=out_dir, model=model, format=format, input_col=input_col,
+                  output_col=output_col, system=system, split=_split(split) if split else None, seed=seed,
+                  max_seq_len=max_seq_len, redact_pii=redact_pii, near_dup_threshold=near_dup_threshold,
+                  drop_near_dups=drop_near_dups, drop_outliers=drop_outliers, on_error=on_error,
+                  on_contradiction=on_contradiction, task=task, val=val or None, test=test or None,
+                  memorisation_check=memorisation_check)
+    cfg = build_config(PrepareConfig, config, overrides, values)
+    report = run_prepare(cfg, progress=lambda msg: err.print(f"[dim]prepare: {msg}[/dim]"))
+    _print_prepare(report, cfg.out)
+
+
+def _print_prepare(report: dict[str, Any], folder: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"prepared {folder}", show_header=False)
+    table.add_row("records", f"{report['records_in']} in, {report['records_out']} out")
+    table.add_row("task", report["task"])
+    table.add_row("splits", ", ".join(f"{k} {v}" for k, v in report["splits"].items()))
+    table.add_row("dropped bad records", str(len(report["errors"])))
+    table.add_row("duplicates", f"{report['duplicates']['exact']} exact removed, {report['duplicates']['near']} near")
+    table.add_row("contradictions", f"{len(report['contradictions'])} groups ({report['contradiction_records']} records)")
+    table.add_row("tokens", "min {min} / p50 {p50} / p95 {p95} / max {max}".format(**report["token_lengths"]))
+    if report["labels"]:
+        table.add_row("labels", ", ".join(f"{k} {v}" for k, v in sorted(report["labels"].items(), key=lambda kv: -kv[1])))
+    if report["pii"]:
+        table.add_row("PII redacted", ", ".join(f"{k} {v}" for k, v in report["pii"].items()))
+    mem = report["memorisation"]
+    if mem.get("checked"):
+        table.add_row("memorisation", f"{mem['reproduced']}/{mem['checked']} reproduced by the base model")
+    out.print(table)
+    for warning in report["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    out.print(f"report: {folder / 'report.md'}")
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models and the models in the cache."""
+    from rich.table import Table
+
+    from tuneforge.models.resolve import BUILTIN, cached_models
+
+    table = Table(title="models")
+    for col in ("name", "kind", "status", "path"):
+        table.add_column(col)
+    builtin_dirs = set()
+    for name, spec in BUILTIN.items():
+        ready = (spec.cache_dir() / "config.json").exists()
+        available = ready or spec.gguf_path() is not None
+        status = "cached" if ready else ("converted on first use" if available else f"needs {spec.package}")
+        table.add_row(name, "built-in", status, str(spec.cache_dir()))
+        builtin_dirs.add(spec.cache_dir())
+    for folder in cached_models():
+        if folder not in builtin_dirs:
+            table.add_row(folder.name, "cached", "cached", str(folder))
+    out.print(table)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="text to continue, or the user message with --chat"),
+    model: str = typer.Option("smollm2-135m", help="built-in name, model folder, .gguf file or hub id"),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the model's chat template"),
+    max_new_tokens: int = typer.Option(64, min=1, max=4096),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
+) -> None:
+    """Print a completion from a model, to see it work."""
+    from tuneforge.models.generate import complete
+
+    out.print(complete(model, prompt, chat=chat, max_new_tokens=max_new_tokens, temperature=temperature))
+
+
+def _report(error: TuneforgeError) -> None:
+    lines = [p.line() for p in error.problems]
+    for line in lines[:MAX_PRINTED]:
+        err.print(line, markup=False)
+    if len(lines) > MAX_PRINTED:
+        err.print(f"... and {len(lines) - MAX_PRINTED} more problems", markup=False)
+    if error.hint:
+        err.print(f"hint: {error.hint}", markup=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=True)
+    except TuneforgeError as error:
+        _report(error)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # the last line of defence: a bug, said plainly
+        if os.environ.get("TUNEFORGE_DEBUG") == "1":
+            raise
+        problem = Problem("internal_error", f"{type(exc).__name__}: {exc} (this is a tuneforge bug; "
+                          "rerun with TUNEFORGE_DEBUG=1 for the traceback and report it)")
+        err.print(problem.line(), markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Typed configs: YAML file + `--set key=value` overrides, every error reported at once.
+
+Each stage has one pydantic model with `extra="forbid"`, so a misspelt key is an
+error that names the key and lists the valid ones, never a silent default.
+Nested keys are set with dots: `--set lora.r=8`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tuneforge.errors import Problem, TuneforgeError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for every config: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_overrides(pairs: list[str]) -> tuple[dict[str, Any], list[Problem]]:
+    """Turn `a.b=1` strings into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(Problem("bad_override", f"'{pair}' is not KEY=VALUE (e.g. --set lora.r=8)", "--set"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(Problem("bad_override", f"'{key}' sets a key below a value", "--set"))
+                break
+        else:
+            node[parts[-1]] = value
+    return tree, problems
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], list[Problem]]:
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, [Problem("file_not_found", "config file does not exist", where)]
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"{path}:{mark.line + 1}"
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return {}, [Problem("invalid_yaml", f"{reason}; fix the YAML syntax", where)]
+    if data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        return {}, [Problem("invalid_config", "the top level must be a mapping of keys to values", where)]
+    return data, []
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at the nesting level where an unknown key was found."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def problems_from_validation(model: type[BaseModel], exc: ValidationError, where: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(config)"
+        if err["type"] == "extra_forbidden":
+            valid = _field_names(model, loc)
+            hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+            problems.append(Problem("unknown_key", f"'{key}' is not a known key{hint}", where))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(Problem("invalid_value", f"{key}: {msg}", where))
+    return problems
+
+
+def build_config(
+    model: type[C],
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> C:
+    """Layer YAML < explicit values (CLI flags) < --set overrides, validate once, report all."""
+    problems: list[Problem] = []
+    data: dict[str, Any] = {}
+    if path is not None:
+        data, found = read_yaml(Path(path))
+        problems += found
+    data = deep_merge(data, {k: v for k, v in (values or {}).items() if v is not None})
+    tree, found = parse_overrides(overrides or [])
+    problems += found
+    data = deep_merge(data, tree)
+    if problems:
+        raise TuneforgeError(problems)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise TuneforgeError(problems_from_validation(model, exc, str(path) if path else "config")) from None

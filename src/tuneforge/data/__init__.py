@@ -1,0 +1,1 @@
+"""Data: read user files in the common formats, validate, clean, split (the prepare stage)."""

@@ -1,0 +1,24 @@
+"""Single-prompt generation, so a user can see a model work before training."""
+
+from __future__ import annotations
+
+
+def complete(model_name: str, prompt: str, chat: bool = False, max_new_tokens: int = 64,
+             temperature: float = 0.0) -> str:
+    import torch
+
+    from tuneforge.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name)
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = prompt
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **sampling)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
