@@ -175,6 +175,7 @@ def test_iban_followed_by_a_four_character_word():
         "::1",
         "2001:db8::",
         "::ffff:192.0.2.1",
+        "0:0:0:0:0:ffff:192.0.2.1",
     ],
 )
 def test_ip_redacted(value):

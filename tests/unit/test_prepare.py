@@ -103,11 +103,13 @@ def test_split_is_deterministic_and_stratified(tiny_model, tmp_path):
 
 
 def test_given_test_file_and_leak_removal(tiny_model, tmp_path):
-    train = [chat(f"train ticket {i} about invoices and refunds {i * 11}", "billing") for i in range(20)]
-    held = [chat("train ticket 3 about invoices and refunds 33", "billing")]
-    train.append(chat("train ticket 3 about invoices and refunds 33 please", "billing"))  # near copy of test
+    long = ("about invoices and refunds that never arrived although the bank says the money left weeks ago, "
+            "my account manager promised a callback on monday and then nothing happened for eleven days")
+    train = [chat(f"train ticket {i} {i * 11}", "billing") for i in range(20)]
+    held = [chat(f"held ticket {long}", "billing")]
+    train.append(chat(f"held ticket {long} please", "billing"))  # near copy of the test record
     report = run(tiny_model, tmp_path, [write_jsonl(tmp_path / "t.jsonl", train)],
-                 test=[write_jsonl(tmp_path / "h.jsonl", held)], near_dup_threshold=0.7)
+                 test=[write_jsonl(tmp_path / "h.jsonl", held)], near_dup_threshold=0.8)
     assert report["splits"]["test"] == 1
     assert report["duplicates"]["leaks_dropped"] >= 1
 

@@ -52,12 +52,12 @@ _FLAGS = re.ASCII | re.VERBOSE
 # Cheap pre-check: every item we redact contains a digit or an "@".
 _DIGIT_RE = re.compile(r"[0-9]")
 
-# Most numeric patterns below open with a look-ahead for their first character
-# before the look-behinds: that lets `re` skip ahead to candidate positions
-# instead of testing the look-behinds at every position.
-
 # For counting digits without a Python-level loop.
 _DROP_DIGITS = str.maketrans("", "", "0123456789")
+
+# Most patterns below open with a look-ahead for their first character before
+# the look-behinds: that lets `re` skip ahead to candidate positions instead of
+# testing the look-behinds at every position.
 
 # --- EMAIL ------------------------------------------------------------------
 # The look-behind makes the local part start at the beginning of its run of
@@ -287,17 +287,18 @@ def _pass(text: str, counts: dict[str, int]) -> tuple[str, bool]:
     # Each stage below runs only if the text could hold one of its items (the
     # digit count only goes down as items are replaced, so it stays a bound).
     digits = len(text) - len(text.translate(_DROP_DIGITS))
-    if digits < 2:
+    if digits == 0:
         return text, found
-    text, n = _sub(_IBAN_RE, text, _iban)
-    add("IBAN", n)
+    if digits >= 2:
+        text, n = _sub(_IBAN_RE, text, _iban)
+        add("IBAN", n)
     if digits >= 13:
         text, n = _sub(_CARD_RE, text, _card)
         add("CARD", n)
     if digits >= 9 and text.count("-") >= 2:
         text, n = _SSN_RE.subn("<SSN>", text)
         add("SSN", n)
-    if "::" in text or text.count(":") >= 7:
+    if "::" in text or text.count(":") >= 6:  # 6: full form ending in IPv4
         text, n = _sub(_IPV6_RE, text, _ipv6)
         add("IP", n)
     if digits >= 4 and text.count(".") >= 3:

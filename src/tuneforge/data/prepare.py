@@ -268,7 +268,7 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
             (ratios[0] + ratios[1], 0.0, ratios[2]) if cfg.val else (ratios[0] + ratios[2], ratios[1], 0.0))
     free = (decision == TRAIN) & (given_split == TRAIN)
     if free.any():
-        decision[free] = assign_splits(groups[free], strata[free], ratios, cfg.seed)
+        decision[free] = assign_splits(groups, strata, ratios, cfg.seed, mask=free)
 
     if leaks:
         warnings.append(f"{leaks} training records nearly repeat a given val/test record and were dropped")

@@ -13,14 +13,17 @@ def assign_splits(
     strata: np.ndarray,
     ratios: tuple[float, float, float],
     seed: int,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Split code per record. `groups[i]` is the representative of record i's near-duplicate
-    group (itself if none); whole groups go to one split, chosen per stratum (label)."""
-    out = np.full(len(groups), TRAIN, dtype=np.uint8)
-    if len(groups) == 0:
+    """Split code for each record selected by `mask`. `groups[i]` is the index of the
+    representative of record i's near-duplicate group (i itself if none); whole groups go to
+    one split, chosen per stratum (label) of the representative."""
+    chosen = groups if mask is None else groups[mask]
+    out = np.full(len(chosen), TRAIN, dtype=np.uint8)
+    if len(chosen) == 0:
         return out
     rng = np.random.default_rng(seed)
-    units = np.unique(groups)
+    units = np.unique(chosen)
     unit_stratum = strata[units]
     unit_split = np.full(len(units), TRAIN, dtype=np.uint8)
     for stratum in np.unique(unit_stratum):
@@ -37,6 +40,6 @@ def assign_splits(
                 n_test -= 1
         unit_split[idx[:n_test]] = TEST
         unit_split[idx[n_test:n_test + n_val]] = VAL
-    lookup = np.searchsorted(units, groups)
+    lookup = np.searchsorted(units, chosen)
     out[:] = unit_split[lookup]
     return out
