@@ -31,6 +31,19 @@ def hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
+_word_cache: dict[str, int] = {}
+
+
+def _word_hash(word: str) -> int:
+    # natural text reuses a small vocabulary, so a dict lookup beats hashing every word
+    value = _word_cache.get(word)
+    if value is None:
+        if len(_word_cache) > 2_000_000:
+            _word_cache.clear()
+        value = _word_cache[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
+    return value
+
+
 def signatures(texts: list[str]) -> np.ndarray:
     """MinHash signatures (uint32, shape [len(texts), NUM_PERM]) of word-bigram sets."""
     word_hashes: list[int] = []
@@ -40,7 +53,7 @@ def signatures(texts: list[str]) -> np.ndarray:
         words = text.split() or [""]
         if len(words) == 1:
             words = words * 2
-        word_hashes.extend(zlib.crc32(w.encode("utf-8", "surrogatepass")) for w in words)
+        word_hashes.extend([_word_hash(w) for w in words])
         starts[i + 1] = len(word_hashes)
     h = np.asarray(word_hashes, dtype=np.uint64)
     # bigram at position j joins words j and j+1; the last position of each record is dropped

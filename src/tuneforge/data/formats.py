@@ -116,12 +116,36 @@ def _check_turns(out: Normalised, where: str) -> None:
         out.bad("bad_turn_order", f"{where}: the conversation must end with an assistant message")
 
 
+_WELL_ORDERED = frozenset(
+    [("user", "assistant") * k for k in range(1, 33)] + [("system",) + ("user", "assistant") * k for k in range(1, 33)]
+)
+
+
+def _plain_openai(raw: list, out: Normalised) -> bool:
+    """Fast path for the common case (plain string messages, well ordered); False means
+    'take the careful path', which also finds every problem."""
+    roles = []
+    for msg in raw:
+        if type(msg) is not dict or len(msg) != 2:
+            return False
+        content = msg.get("content")
+        if type(content) is not str or not content.strip():
+            return False
+        roles.append(msg.get("role"))
+    if tuple(roles) not in _WELL_ORDERED:
+        return False
+    out.messages = [{"role": m["role"], "content": m["content"]} for m in raw]
+    return True
+
+
 def _messages(raw: Any, out: Normalised, key: str, role_key: str, text_key: str, role_map: dict | None) -> None:
     if not isinstance(raw, list):
         out.bad("wrong_type", f"'{key}' must be a list of messages, not {type(raw).__name__}")
         return
     if not raw:
         out.bad("empty_content", f"'{key}' is an empty list")
+        return
+    if role_map is None and _plain_openai(raw, out):
         return
     for i, msg in enumerate(raw):
         where = f"{key}[{i}]"

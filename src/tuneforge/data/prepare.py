@@ -17,6 +17,7 @@ import json
 import re
 from array import array
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ class Collector:
         self.labels: dict[str, int] = {}
         self.json_outputs = self.sql_outputs = 0
         self.pending: list[tuple] = []
+        self.inflight: tuple[list[tuple], Future] | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.tokens, self.line, self.source = array("i"), array("I"), array("H")
         self.in_hash, self.out_hash, self.label = array("Q"), array("Q"), array("i")
         self.given = array("B")
@@ -84,7 +87,7 @@ class Collector:
             if self.cfg.redact_pii:
                 self._redact(rec)
             self._stage(rec, source, line, given)
-        self.flush()
+        self.flush(final=True)
 
     def _redact(self, rec: Normalised) -> None:
         def clean_text(text: str) -> str:
@@ -122,11 +125,22 @@ class Collector:
         rejected = self.counter.count_chats([r.messages + [{"role": "assistant", "content": r.rejected}] for r in recs])
         return [max(a, b) for a, b in zip(chosen, rejected)]
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
+    def flush(self, final: bool = False) -> None:
+        """Hand the pending batch to the tokenizer thread and finish the batch before it.
+
+        The Rust tokenizer releases the GIL, so counting batch k overlaps with parsing
+        batch k+1 in Python; batches still finish in file order."""
         batch, self.pending = self.pending, []
-        counts = self._count([item[0] for item in batch])
+        if self.inflight is not None:
+            done, future = self.inflight
+            self.inflight = None
+            self._finish(done, future.result())
+        if batch:
+            self.inflight = (batch, self.pool.submit(self._count, [item[0] for item in batch]))
+        if final and self.inflight is not None:
+            self.flush(final=True)
+
+    def _finish(self, batch: list[tuple], counts: list[int]) -> None:
         texts = []
         limit = self.cfg.max_seq_len
         for (rec, source, line, given, key_in, key_out), n in zip(batch, counts):
