@@ -115,6 +115,47 @@ def _print_prepare(report: dict[str, Any], folder: Path) -> None:
 
 
 @app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (see examples/train-*.yaml)"),
+    data: Optional[Path] = typer.Option(None, help="prepared dataset folder"),
+    model: Optional[str] = typer.Option(None, help="base model [smollm2-135m]"),
+    method: Optional[str] = typer.Option(None, help="lora|qlora|dora|full|prefix|prompt|ia3 [lora]"),
+    objective: Optional[str] = typer.Option(None, help="auto|sft|pretrain|dpo [auto]"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder"),
+    epochs: Optional[str] = typer.Option(None, help="number of epochs or auto"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in --out"),
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Fine-tune a model on a prepared dataset; writes adapter/, metrics, loss.png, summary.json."""
+    from tuneforge.config import build_config
+    from tuneforge.train.config import TrainConfig
+    from tuneforge.train.run import train as run_train
+
+    values = dict(data=data, model=model, method=method, objective=objective, out=out_dir,
+                  epochs=_int_or_auto(epochs), max_steps=max_steps, resume=resume or None)
+    cfg = build_config(TrainConfig, config, overrides, values)
+    summary = run_train(cfg)
+    if summary:
+        _print_summary(summary, cfg.out)
+
+
+def _int_or_auto(value: Optional[str]) -> Any:
+    return int(value) if value and value.isdigit() else value
+
+
+def _print_summary(summary: dict[str, Any], folder: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"trained {folder}", show_header=False)
+    for key in ("method", "objective", "train_examples", "steps", "train_seconds", "tokens_per_second",
+                "best_eval_loss", "final_eval_loss", "trainable_params", "peak_rss_mb", "artifact"):
+        value = summary.get(key)
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and key.endswith("loss") else str(value))
+    out.print(table)
+
+
+@app.command()
 def models() -> None:
     """List the built-in models and the models in the cache."""
     from rich.table import Table

@@ -103,8 +103,8 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError, where
             hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
             problems.append(Problem("unknown_key", f"'{key}' is not a known key{hint}", where))
         else:
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(Problem("invalid_value", f"{key}: {msg}", where))
+            for msg in err["msg"].removeprefix("Value error, ").splitlines():
+                problems.append(Problem("invalid_value", f"{key}: {msg}", where))
     return problems
 
 

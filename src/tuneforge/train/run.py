@@ -1,0 +1,246 @@
+"""The train stage: prepared dataset -> run folder with adapter, metrics and summary.
+
+    tuneforge train --data data/tickets --method lora --out runs/tickets
+    tuneforge train examples/train-lora.yaml --set lora.r=8
+    tuneforge train examples/train-lora.yaml --resume
+
+Reads top to bottom: resolve data and `auto` settings, build the model, run the
+loop (train/loop.py), export the best weights with the tokenizer and chat
+template, write summary.json and loss.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.train import data as datasets
+from tuneforge.train.config import PROMPT_METHODS, TrainConfig
+
+LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5, "ia3": 5e-3, "prefix": 1e-2,
+                  "prompt": 3e-2}
+MIN_EXAMPLES_SEEN, MAX_EXAMPLES_SEEN, MAX_AUTO_EPOCHS = 2000, 25000, 8
+
+
+def auto_epochs(n: int) -> int:
+    """Like hosted fine-tuning services: small sets get more passes, large ones fewer."""
+    if n * 3 < MIN_EXAMPLES_SEEN:
+        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_EXAMPLES_SEEN / max(n, 1)))
+    if n * 3 > MAX_EXAMPLES_SEEN:
+        return max(1, MAX_EXAMPLES_SEEN // n)
+    return 3
+
+
+def bf16_supported(device: str) -> bool:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict], str, list[dict[str, Any]]]:
+    sources = [(cfg.data, 1.0)] if cfg.data is not None else [(d.path, d.weight) for d in cfg.datasets]
+    parts, vals, tasks, reports = [], [], [], []
+    for folder, weight in sources:
+        report, train, val = datasets.read_prepared(Path(folder))
+        parts.append((train, weight))
+        vals += val
+        tasks.append(report["task"])
+        reports.append({"path": str(folder), "task": report["task"], "train": len(train), "val": len(val)})
+    train = parts[0][0] if len(parts) == 1 else datasets.mix(parts, cfg.seed)
+    task = tasks[0] if len(set(tasks)) == 1 else "mixed"
+    return train, vals, task, reports
+
+
+def resolve(cfg: TrainConfig, n_train: int, longest: int, device: str) -> dict[str, Any]:
+    """Concrete values for every `auto` key; explicit values always win."""
+    lr = cfg.learning_rate if cfg.learning_rate != "auto" else LEARNING_RATES[cfg.method] * (
+        0.25 if cfg.objective == "dpo" else 1.0)
+    return {
+        "epochs": cfg.epochs if cfg.epochs != "auto" else auto_epochs(n_train),
+        "learning_rate": lr,
+        "warmup": cfg.warmup if cfg.warmup != "auto" else 0.05,
+        "max_seq_len": cfg.max_seq_len if cfg.max_seq_len != "auto" else min(2048, longest),
+        "packing": cfg.packing if cfg.packing != "auto" else cfg.method not in PROMPT_METHODS,
+        "bf16": cfg.bf16 if cfg.bf16 != "auto" else bf16_supported(device),
+    }
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer, GenerationConfig, get_scheduler
+
+    from tuneforge.models import resolve_model
+    from tuneforge.train import loop
+    from tuneforge.train.checkpoint import Checkpoints, load_trainable
+    from tuneforge.train.collate import Encoder
+    from tuneforge.train.methods import build_model, count_params
+    from tuneforge.train.track import Tracker, plot_losses
+
+    train_rows, val_rows, task, sources = load_records(cfg)
+    objective = cfg.objective if cfg.objective != "auto" else datasets.OBJECTIVE_FOR_TASK.get(task, "sft")
+    if objective != "pretrain":
+        datasets.check_objective(objective, {datasets.record_kind(r) for r in train_rows + val_rows})
+    out = cfg.out
+    ckpts = Checkpoints(out / "checkpoints", cfg.save_total_limit)
+    if not cfg.resume and ckpts.complete():
+        raise TuneforgeError(Problem("run_exists", "this run folder has checkpoints; pass --resume to continue it "
+                                     "or choose another --out", str(out)))
+    latest = ckpts.latest() if cfg.resume else None
+    if cfg.resume and latest is None:
+        raise TuneforgeError(Problem("no_checkpoint", "nothing to resume: no complete checkpoint here; "
+                                     "run without --resume", str(out)))
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device.type
+    model_path = str(resolve_model(cfg.model))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    longest_probe = Encoder(tokenizer, 10**9, cfg.train_on_inputs)
+    sample = datasets.encode(train_rows[:2000], objective, longest_probe)
+    longest = max((loop._length(x) if objective != "dpo" else max(len(x[0]), len(x[1])) for x in sample), default=16)
+    settings = resolve(cfg, len(train_rows), longest, device)
+    encoder = Encoder(tokenizer, settings["max_seq_len"], cfg.train_on_inputs)
+    train_items = datasets.encode(train_rows, objective, encoder)
+    val_items = datasets.encode(val_rows[: cfg.eval_limit], objective, Encoder(tokenizer, settings["max_seq_len"]))
+    if not train_items:
+        raise TuneforgeError(Problem("no_examples", "no training example has a trained token", str(cfg.data)))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, model_path, device, settings["bf16"], settings["packing"])
+    if cfg.compile:
+        model = torch.compile(model)
+    trainable, total = count_params(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=settings["learning_rate"], weight_decay=cfg.weight_decay)
+    steps_per_epoch, total_steps = loop.steps_for(len(train_items), cfg.batch_size, cfg.grad_accum,
+                                                  accelerator.num_processes, settings["epochs"])
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps) if cfg.epochs != "auto" else cfg.max_steps
+    scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=int(round(settings["warmup"] * total_steps)),
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    eval_steps = cfg.eval_steps if cfg.eval_steps != "auto" else max(1, total_steps // 10)
+    save_steps = cfg.save_steps if cfg.save_steps != "auto" else eval_steps
+    resolved = {**json.loads(cfg.model_dump_json()), **settings, "objective": objective, "eval_steps": eval_steps,
+                "save_steps": save_steps, "total_steps": total_steps}
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpts.clean_partial()
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    tracker = Tracker(out, cfg.tracking, resolved, resume_step=None if latest is None else int(latest.name[5:]),
+                      enabled=accelerator.is_main_process)
+    plan = loop.Plan(
+        model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, objective=objective,
+        train=train_items, val=val_items, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch, seed=cfg.seed, packing=settings["packing"],
+        pad_id=tokenizer.pad_token_id, bf16=settings["bf16"], max_grad_norm=cfg.max_grad_norm,
+        eval_steps=eval_steps, save_steps=save_steps, patience=cfg.early_stopping_patience,
+        virtual_tokens=cfg.virtual.num_virtual_tokens if cfg.method == "prompt" else 0, beta=cfg.dpo.beta,
+        checkpoints=ckpts, best_path=out / "checkpoints" / "best.pt", log=tracker.log)
+    if objective == "dpo":
+        plan.ref_logps = loop.reference_logps(plan, train_items)
+        plan.val_ref_logps = loop.reference_logps(plan, val_items)
+    if latest is not None:
+        loop.restore_checkpoint(plan, latest)
+
+    bar = _progress_bar(total_steps, plan.state.step) if progress and accelerator.is_main_process else None
+    plan.progress = bar[1] if bar else None
+    try:
+        state = loop.run(plan)
+    except KeyboardInterrupt:
+        raise TuneforgeError(_resume_problem(ckpts, "interrupted"), exit_code=130) from None
+    except (torch.OutOfMemoryError, MemoryError):
+        raise TuneforgeError(_resume_problem(ckpts, "out of memory: lower batch_size or max_seq_len, or enable "
+                                                    "gradient_checkpointing, then"), exit_code=3) from None
+    except RuntimeError as exc:
+        raise TuneforgeError(_resume_problem(ckpts, f"training crashed ({exc})"), exit_code=3) from None
+    finally:
+        if bar:
+            bar[0].stop()
+        tracker.close()
+
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    if plan.best_path.exists() and state.best_step is not None:
+        load_trainable(model, torch.load(plan.best_path, map_location="cpu", weights_only=True))
+    summary = None
+    if accelerator.is_main_process:
+        artifact = _export(model, tokenizer, model_path, out, cfg.method)
+        GenerationConfig.from_pretrained(model_path).save_pretrained(artifact)
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
+        summary = {
+            "method": cfg.method, "objective": objective, "task": task, "model": cfg.model,
+            "artifact": str(artifact.relative_to(out)), "sources": sources,
+            "train_examples": len(train_items), "val_examples": len(val_items),
+            "truncated_examples": encoder.stats.truncated, "dropped_no_target": encoder.stats.dropped_no_target,
+            "steps": state.step, "epochs": round(state.step / steps_per_epoch, 3),
+            "train_tokens": state.real_tokens, "trained_target_tokens": state.target_tokens,
+            "train_seconds": round(state.train_seconds, 2),
+            "tokens_per_second": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
+            "best_eval_loss": state.best_eval, "best_step": state.best_step, "final_eval_loss": state.last_eval,
+            "stopped_early": state.stopped_early,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "trainable_params": trainable, "total_params": total,
+            "settings": {k: resolved[k] for k in ("epochs", "learning_rate", "warmup", "max_seq_len", "packing",
+                                                  "bf16", "batch_size", "grad_accum", "total_steps")},
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return summary or {}
+
+
+def _export(model, tokenizer, model_path: str, out: Path, method: str) -> Path:
+    """adapter/ in PEFT format (or model/ for full fine-tuning), with the tokenizer and chat
+    template, so every consumer formats prompts exactly as training did."""
+    target = out / ("model" if method == "full" else "adapter")
+    tmp = out / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if method != "full":
+        (tmp / "tuneforge.json").write_text(json.dumps({"base_model": model_path, "method": method}) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _resume_problem(ckpts, what: str) -> Problem:
+    latest = ckpts.latest()
+    where = f"resume from {latest} with --resume" if latest else "no checkpoint was written yet; start again"
+    return Problem("training_stopped", f"{what}; {where}", str(ckpts.folder.parent))
+
+
+def _progress_bar(total: int, start: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeRemainingColumn(), transient=False)
+    task = bar.add_task("train", total=total, completed=start, info="")
+    bar.start()
+
+    def update(state, row):
+        info = f"loss {row['loss']:.4f}  {row['tokens_per_s']:.0f} tok/s"
+        if "eval_loss" in row:
+            info += f"  eval {row['eval_loss']:.4f}"
+        bar.update(task, completed=state.step, info=info)
+
+    return bar, update
