@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes warns on import that an optional hub kernel is missing; we never fetch it
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _split(value: str) -> Any:
@@ -185,11 +188,13 @@ def generate(
     chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the model's chat template"),
     max_new_tokens: int = typer.Option(64, min=1, max=4096),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
+    adapter: Optional[Path] = typer.Option(None, help="a run folder from `tuneforge train` (or its adapter/)"),
 ) -> None:
-    """Print a completion from a model, to see it work."""
+    """Print a completion from a model or a fine-tune, to see it work."""
     from tuneforge.models.generate import complete
 
-    out.print(complete(model, prompt, chat=chat, max_new_tokens=max_new_tokens, temperature=temperature))
+    out.print(complete(model, prompt, chat=chat, max_new_tokens=max_new_tokens, temperature=temperature,
+                       adapter=adapter), markup=False)
 
 
 def _report(error: TuneforgeError) -> None:

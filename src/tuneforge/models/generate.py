@@ -1,16 +1,21 @@
-"""Single-prompt generation, so a user can see a model work before training."""
+"""Single-prompt generation, so a user can see a model (or a fine-tune) work."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def complete(model_name: str, prompt: str, chat: bool = False, max_new_tokens: int = 64,
-             temperature: float = 0.0) -> str:
+             temperature: float = 0.0, adapter: Path | None = None) -> str:
     import torch
 
     from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.models.tuned import load_tuned
 
-    tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name)
+    if adapter is not None:
+        model, tokenizer = load_tuned(adapter)
+    else:
+        tokenizer, model = load_tokenizer(model_name), load_model(model_name)
     if chat:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)

@@ -234,7 +234,7 @@ def run(plan: Plan) -> LoopState:
                 if batch is None:
                     loss = loss * 0.0
                 acc.backward(loss)
-                loss_value += float(loss)
+                loss_value += float(loss.detach())
         grad_norm = acc.clip_grad_norm_(model.parameters(), plan.max_grad_norm)
         plan.optimizer.step()
         plan.scheduler.step()

@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "best_eval_loss": state.best_eval, "best_step": state.best_step, "final_eval_loss": state.last_eval,
             "stopped_early": state.stopped_early,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "trainable_params": trainable, "total_params": total,
+            "trainable_params": trainable, "total_params": total, "processes": accelerator.num_processes,
             "settings": {k: resolved[k] for k in ("epochs", "learning_rate", "warmup", "max_seq_len", "packing",
                                                   "bf16", "batch_size", "grad_accum", "total_steps")},
         }

@@ -1,0 +1,137 @@
+"""--fail-if: a small comparison language over the evaluation metrics, for CI gates.
+
+    tuneforge eval ... --fail-if "tuned.accuracy < base-few-shot.accuracy + 0.05"
+    tuneforge eval ... --fail-if "tuned.macro_f1 < 0.8 or tuned.invalid_rate >= 0.1"
+
+`VARIANT.METRIC` names a number; comparisons, and/or/not, + - * / and parentheses combine them.
+The text is never given to eval(): references become placeholder names, Python's parser builds the
+tree, and a walker that knows only the nodes below computes it.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from dataclasses import dataclass, field
+
+from tuneforge.errors import Problem, TuneforgeError
+
+# A variant name starts with a letter, digit or _ (so "a.x-b.y" reads as a minus) and has no dots;
+# the lookbehind keeps the "8" of "0.8" from starting a name.
+_REF = re.compile(r"(?<![\w.])([A-Za-z0-9_][A-Za-z0-9_-]*)\.([A-Za-z_]\w*)")
+_PLACEHOLDER = "__tf_ref_{}__"
+
+_COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+            ast.Eq: operator.eq, ast.NotEq: operator.ne}
+_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%", ast.Pow: "**",
+           ast.FloorDiv: "//", ast.In: "in", ast.Is: "is"}
+
+
+def _error(message: str) -> TuneforgeError:
+    return TuneforgeError(Problem("invalid_fail_if", message, "--fail-if"))
+
+
+def _listing(names) -> str:
+    return ", ".join(sorted(names)) or "(none)"
+
+
+@dataclass
+class _Expression:
+    """The condition with references swapped for placeholders, and what each placeholder stands for."""
+
+    source: str
+    values: dict[str, float] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
+
+    def show(self, node: ast.AST) -> str:
+        """The user's own text for a node, for error messages."""
+        text = ast.get_source_segment(self.source, node) or type(node).__name__
+        for name, ref in self.refs.items():
+            text = text.replace(name, ref)
+        return text
+
+    def number(self, node: ast.AST) -> float:
+        value = self.walk(node)
+        if isinstance(value, bool):
+            raise _error(f"{self.show(node)!r} is true/false where a number is needed")
+        return value
+
+    def truth(self, node: ast.AST) -> bool:
+        value = self.walk(node)
+        if not isinstance(value, bool):
+            raise _error(f"{self.show(node)!r} is a number where a comparison is needed, e.g. 'tuned.accuracy < 0.8'")
+        return value
+
+    def walk(self, node: ast.AST) -> float | bool:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in self.values:
+            return self.values[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = self.number(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not self.truth(node.operand)
+        if isinstance(node, ast.BoolOp):
+            results = [self.truth(v) for v in node.values]  # all checked, so a bad part is never skipped
+            return all(results) if isinstance(node.op, ast.And) else any(results)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            left, right = self.number(node.left), self.number(node.right)
+            if isinstance(node.op, ast.Div) and right == 0:
+                raise _error(f"division by zero in {self.show(node)!r}")
+            return _ARITH[type(node.op)](left, right)
+        if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+            # a < b < c means a < b and b < c, as in Python
+            terms = [self.number(node.left)] + [self.number(c) for c in node.comparators]
+            return all(_COMPARE[type(op)](a, b) for op, a, b in zip(node.ops, terms, terms[1:]))
+        raise _error(f"{self.describe(node)} is not allowed; use VARIANT.METRIC, numbers, "
+                     "< <= > >= == !=, and/or/not, + - * / and parentheses")
+
+    def describe(self, node: ast.AST) -> str:
+        if isinstance(node, ast.Name):
+            return f"the bare name {node.id!r} (write VARIANT.METRIC)"
+        op = getattr(node, "op", None) or (node.ops[0] if isinstance(node, ast.Compare) else None)
+        if op is not None and type(op) in _SYMBOL:
+            return f"the operator {_SYMBOL[type(op)]!r} in {self.show(node)!r}"
+        return repr(self.show(node))
+
+
+def _resolve(expr: str, variants: dict[str, dict[str, float]]) -> _Expression:
+    """Replace each VARIANT.METRIC by a placeholder name; check that it exists and is a number."""
+    values: dict[str, float] = {}
+    refs: dict[str, str] = {}
+
+    def swap(match: re.Match) -> str:
+        variant, metric = match.groups()
+        if variant not in variants:
+            raise _error(f"unknown variant {variant!r} in {match.group(0)!r}; variants: {_listing(variants)}")
+        numeric = {k for k, v in variants[variant].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if metric not in numeric:
+            raise _error(f"unknown metric {metric!r} in {match.group(0)!r}; metrics of {variant}: {_listing(numeric)}")
+        value = float(variants[variant][metric])
+        if not math.isfinite(value):  # NaN compares false with everything: the gate would never fire
+            raise _error(f"{match.group(0)} is {value}, not a finite number; it cannot be compared")
+        name = _PLACEHOLDER.format(len(values))
+        values[name], refs[name] = value, match.group(0)
+        return name
+
+    return _Expression(_REF.sub(swap, expr).strip(), values, refs)
+
+
+def check(expr: str, variants: dict[str, dict[str, float]]) -> bool:
+    """True when the condition holds (the run should then fail); TuneforgeError when it is not valid.
+
+    `variants` maps variant name -> metric name -> value, e.g. {"tuned": {"accuracy": 0.91}}.
+    """
+    if not expr.strip():
+        raise _error("the condition is empty; e.g. 'tuned.accuracy < 0.8'")
+    parsed = _resolve(expr, variants)
+    try:
+        tree = ast.parse(parsed.source, mode="eval")
+    except SyntaxError as err:
+        raise _error(f"cannot parse {expr.strip()!r} ({err.msg}); "
+                     "e.g. 'tuned.accuracy < base.accuracy + 0.05'") from None
+    return parsed.truth(tree.body)

@@ -1,0 +1,142 @@
+"""The train stage end to end on the tiny model: every method trains and loads back,
+resume is exact, the objectives and data mixing work, bad runs fail clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tuneforge.data.config import PrepareConfig
+from tuneforge.data.prepare import prepare
+from tuneforge.errors import TuneforgeError
+from tuneforge.models.tuned import load_tuned
+from tuneforge.train.config import TrainConfig
+from tuneforge.train.run import train
+
+LABELS = ["billing", "technical", "account", "other"]
+TOPICS = {"billing": "charged twice for my invoice", "technical": "the app crashes on login",
+          "account": "reset my password please", "other": "thank you for your help"}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def prepared(tiny_model: str, folder: Path, rows: list) -> Path:
+    src = write_jsonl(folder.parent / f"{folder.name}.jsonl", rows)
+    prepare(PrepareConfig(inputs=[src], out=folder, model=tiny_model, memorisation_check=False, max_seq_len=256))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chat_data(tiny_model, tmp_path_factory) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"ticket {i}: {TOPICS[label]} (ref {i * 7})"},
+                          {"role": "assistant", "content": label}]}
+            for i, label in enumerate(LABELS * 12)]
+    return prepared(tiny_model, tmp_path_factory.mktemp("data") / "chat", rows)
+
+
+def config(tiny_model, data, out, **kw) -> TrainConfig:
+    base = dict(model=tiny_model, data=data, out=out, max_steps=4, epochs=1, batch_size=4, eval_steps=2,
+                save_steps=2, tracking=[])
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "prefix", "prompt", "full"])
+def test_each_method_trains_and_loads_back(method, tiny_model, chat_data, tmp_path):
+    summary = train(config(tiny_model, chat_data, tmp_path / method, method=method), progress=False)
+    assert summary["method"] == method and summary["steps"] == 4
+    assert summary["train_tokens"] > 0 and summary["final_eval_loss"] is not None
+    assert 0 < summary["trainable_params"] <= summary["total_params"]
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "loss.png"):
+        assert (tmp_path / method / name).exists()
+    rows = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval_loss" in rows[1]
+    model, tokenizer = load_tuned(tmp_path / method)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "ticket: app crashes"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def adapter_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tiny_model, chat_data, tmp_path):
+    kw = dict(max_steps=6, eval_steps=100, save_steps=2, save_total_limit=5, lora={"dropout": 0.1})
+    train(config(tiny_model, chat_data, tmp_path / "whole", **kw), progress=False)
+    train(config(tiny_model, chat_data, tmp_path / "cut", **kw), progress=False)
+    # as if killed just after step 2: later checkpoints and the export never happened
+    cut = tmp_path / "cut"
+    for later in ("step-0000004", "best.pt"):
+        path = cut / "checkpoints" / later
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.rmtree(cut / "adapter")
+    summary = train(config(tiny_model, chat_data, cut, resume=True, **kw), progress=False)
+    assert summary["steps"] == 6
+    whole, resumed = adapter_weights(tmp_path / "whole"), adapter_weights(cut)
+    assert whole.keys() == resumed.keys()
+    diff = max(float((whole[k] - resumed[k]).abs().max()) for k in whole)
+    assert diff < 1e-5
+    assert any(float(v.abs().max()) > 0 for k, v in whole.items() if "lora_B" in k)  # it really trained
+
+
+def test_a_finished_run_folder_is_not_overwritten_and_resume_needs_a_checkpoint(tiny_model, chat_data, tmp_path):
+    train(config(tiny_model, chat_data, tmp_path / "run"), progress=False)
+    with pytest.raises(TuneforgeError) as caught:
+        train(config(tiny_model, chat_data, tmp_path / "run"), progress=False)
+    assert caught.value.problems[0].code == "run_exists"
+    with pytest.raises(TuneforgeError) as caught:
+        train(config(tiny_model, chat_data, tmp_path / "empty", resume=True), progress=False)
+    assert caught.value.problems[0].code == "no_checkpoint"
+
+
+def test_unprepared_folder_and_wrong_objective_are_clear_errors(tiny_model, chat_data, tmp_path):
+    with pytest.raises(TuneforgeError) as caught:
+        train(config(tiny_model, tmp_path, tmp_path / "run"), progress=False)
+    assert caught.value.problems[0].code == "not_prepared"
+    with pytest.raises(TuneforgeError) as caught:
+        train(config(tiny_model, chat_data, tmp_path / "run", objective="dpo"), progress=False)
+    assert caught.value.problems[0].code == "wrong_data_for_objective"
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_model, chat_data, tmp_path):
+    # a learning rate this high makes eval loss rise after the first evals
+    summary = train(config(tiny_model, chat_data, tmp_path / "run", max_steps=40, eval_steps=1,
+                           learning_rate=0.5, early_stopping_patience=2), progress=False)
+    assert summary["stopped_early"] and summary["steps"] < 40
+    assert summary["best_eval_loss"] <= summary["final_eval_loss"]
+
+
+def test_dpo_on_preference_pairs(tiny_model, tmp_path):
+    rows = [{"prompt": f"Question {i}: how do I get a refund?", "chosen": "Open billing and press refund.",
+             "rejected": "No idea, go away."} for i in range(24)]
+    data = prepared(tiny_model, tmp_path / "prefs", rows)
+    summary = train(config(tiny_model, data, tmp_path / "run", learning_rate=0.01), progress=False)
+    assert summary["objective"] == "dpo"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert "eval_reward_accuracy" in evals[-1]
+    # at step 0 the policy is the reference, so the DPO loss starts at log(2) and must go down
+    assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert evals[-1]["eval_loss"] < 0.6931
+
+
+def test_pretrain_on_raw_text_and_multi_task_mix(tiny_model, chat_data, tmp_path):
+    text = prepared(tiny_model, tmp_path / "text",
+                    [{"text": f"Document {i}. The quick brown fox jumps over the lazy dog {i} times."}
+                     for i in range(30)])
+    summary = train(config(tiny_model, text, tmp_path / "pre"), progress=False)
+    assert summary["objective"] == "pretrain"
+    mixed = TrainConfig(model=tiny_model, datasets=[{"path": chat_data, "weight": 3}, {"path": chat_data, "weight": 1}],
+                        out=tmp_path / "mix", max_steps=2, epochs=1, batch_size=4, tracking=[])
+    summary = train(mixed, progress=False)
+    assert summary["objective"] == "sft" and len(summary["sources"]) == 2
