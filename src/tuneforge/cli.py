@@ -143,6 +143,113 @@ def train(
         _print_summary(summary, cfg.out)
 
 
+@app.command("eval")
+def eval_command(
+    data: Path = typer.Option(..., help="prepared folder (uses its test split) or a JSONL file of chat records"),
+    model: Optional[str] = typer.Option(None, help="base model [smollm2-135m]"),
+    adapter: list[str] = typer.Option([], help="NAME=RUN_DIR or RUN_DIR (named tuned); repeatable"),
+    baselines: Optional[str] = typer.Option(None, help="zero-shot,few-shot (default both) or none"),
+    shots: Optional[int] = typer.Option(None, help="examples shown to base-few-shot [5]"),
+    task: Optional[str] = typer.Option(None, help="auto|classification|extraction|generation|sql"),
+    sql_db: Optional[Path] = typer.Option(None, help="SQLite file for the sql task"),
+    limit: Optional[int] = typer.Option(None, help="evaluate the first N examples"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for eval.json and the reports"),
+    fail_if: Optional[str] = typer.Option(None, help='exit 1 when it holds, e.g. "tuned.accuracy < 0.9"'),
+    general: bool = typer.Option(False, "--general", help="also check general knowledge (forgetting)"),
+    config: Optional[Path] = typer.Option(None, help="YAML config with the same keys"),
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Score the base model (zero-shot, few-shot) and each fine-tune on held-out examples."""
+    from tuneforge.config import build_config
+    from tuneforge.evaluate.config import EvalConfig
+    from tuneforge.evaluate.fail_if import check
+    from tuneforge.evaluate.run import evaluate
+
+    adapters = _named_adapters(adapter)
+    kinds = None if baselines is None else [] if baselines.strip() == "none" else [
+        b.strip() for b in baselines.split(",") if b.strip()]
+    values = dict(data=data, model=model, adapters=adapters or None, baselines=kinds, shots=shots, task=task,
+                  sql_db=sql_db, limit=limit, out=out_dir, fail_if=fail_if, general=general or None)
+    cfg = build_config(EvalConfig, config, overrides, values)
+    if cfg.fail_if:  # a bad expression should fail before minutes of inference, not after
+        from tuneforge.evaluate.run import ALL_METRICS, variant_names
+
+        check(cfg.fail_if, {name: dict.fromkeys(ALL_METRICS, 0.0) for name in variant_names(cfg)})
+    result = evaluate(cfg)
+    _print_eval(result, cfg.out)
+    if cfg.fail_if and check(cfg.fail_if, result["variants"]):
+        err.print(f"fail-if holds: {cfg.fail_if}", markup=False)
+        raise typer.Exit(1)
+
+
+def _named_adapters(items: list[str]) -> dict[str, str]:
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = ("tuned" if "tuned" not in named else f"tuned-{len(named) + 1}"), item
+        if name in named:
+            raise TuneforgeError(Problem("duplicate_variant", f"two adapters are named {name}", "--adapter"))
+        named[name] = path
+    return named
+
+
+def _print_eval(result: dict[str, Any], folder: Path) -> None:
+    from rich.table import Table
+
+    names = list(result["variants"])
+    table = Table(title=f"{result['task']} on {result['n']} held-out examples")
+    table.add_column("metric")
+    for name in names:
+        table.add_column(name, justify="right")
+    metrics = []
+    for values in result["variants"].values():
+        metrics += [k for k, v in values.items() if isinstance(v, (int, float)) and k not in metrics]
+    for metric in metrics:
+        cells = [result["variants"][n].get(metric) for n in names]
+        table.add_row(metric, *[f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells])
+    if result.get("general"):
+        table.add_row("general_accuracy", *[f"{result['general'][n]:.3f}" for n in names])
+    out.print(table)
+    out.print(f"report: {folder / 'report.html'}", markup=False)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="folder for everything the demo writes"),
+    data: Optional[Path] = typer.Option(None, help="tickets to use instead of examples/support_tickets.jsonl"),
+    epochs: int = typer.Option(2, min=1, help="LoRA epochs"),
+) -> None:
+    """Prepare the example tickets, score the base model, fine-tune with LoRA, score again."""
+    from tuneforge.demo import demo as run_demo
+
+    result = run_demo(out_dir, data, epochs)
+    _print_eval(result, out_dir)
+    scores = {name: values["accuracy"] for name, values in result["variants"].items()}
+    best_base = max(v for k, v in scores.items() if k.startswith("base-"))
+    gain = scores["tuned"] - best_base
+    out.print(f"tuned accuracy {scores['tuned']:.3f} vs best baseline {best_base:.3f}: "
+              f"{gain * 100:+.1f} points, in {result['demo_seconds'] / 60:.1f} minutes", markup=False)
+
+
+@app.command()
+def merge(
+    run: Path = typer.Argument(..., help="run folder from `tuneforge train` (or its adapter/)"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="folder for the merged model"),
+    samples: int = typer.Option(16, min=1, help="validation texts used for the KL check"),
+) -> None:
+    """Fold an adapter into its base model; checks next-token distributions match (max KL)."""
+    from tuneforge.train.merge import KL_TOLERANCE, merge as run_merge
+
+    report = run_merge(run, out_dir, samples)
+    out.print(f"merged model: {report['merged']}", markup=False)
+    verdict = "matches the adapter" if report["ok"] else f"DIFFERS from the adapter (tolerance {KL_TOLERANCE})"
+    out.print(f"max KL(adapter || merged) over {report['checked_texts']} texts: {report['max_kl']:.2e}: {verdict}",
+              markup=False)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 def _int_or_auto(value: Optional[str]) -> Any:
     return int(value) if value and value.isdigit() else value
 

@@ -7,6 +7,7 @@ Nested keys are set with dots: `--set lora.r=8`.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,32 +80,63 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], list[Problem]]:
     return data, []
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config class inside an annotation such as `Section`, `list[Section]` or `Section | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
+    """The user-facing key path of an error location (pydantic adds union-member tags such as
+    `int` or `literal['auto']`, which are not keys) and the config class it ends in."""
+    current: type[BaseModel] | None = model
+    key: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            key.append(str(part))
+            continue
+        fields = getattr(current, "model_fields", None) or {}
+        if part not in fields:
+            break
+        key.append(part)
+        current = _model_in(fields[part].annotation)
+    return key, current
+
+
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     """Valid keys at the nesting level where an unknown key was found."""
-    current: Any = model
-    for part in loc[:-1]:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return []
-        annotation = fields[part].annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        if current is None:
-            return []
-    return sorted(getattr(current, "model_fields", {}))
+    key, current = _walk(model, loc[:-1])
+    if len(key) != len(loc) - 1 or current is None:
+        return []
+    return sorted(current.model_fields)
 
 
 def problems_from_validation(model: type[BaseModel], exc: ValidationError, where: str) -> list[Problem]:
     problems = []
+    messages: dict[str, list[str]] = {}
     for err in exc.errors():
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(config)"
         if err["type"] == "extra_forbidden":
+            key = ".".join(str(p) for p in loc)
             valid = _field_names(model, loc)
             hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
             problems.append(Problem("unknown_key", f"'{key}' is not a known key{hint}", where))
+            continue
+        key = ".".join(_walk(model, loc)[0]) or "(config)"
+        for msg in err["msg"].removeprefix("Value error, ").splitlines():
+            if msg not in messages.setdefault(key, []):
+                messages[key].append(msg)
+    for key, found in messages.items():
+        if key == "(config)":
+            problems += [Problem("invalid_value", msg, where) for msg in found]
         else:
-            for msg in err["msg"].removeprefix("Value error, ").splitlines():
-                problems.append(Problem("invalid_value", f"{key}: {msg}", where))
+            # a union field fails once per member type; one line per key reads better
+            problems.append(Problem("invalid_value", f"{key}: {' or '.join(found)}", where))
     return problems
 
 
@@ -126,7 +158,15 @@ def build_config(
     data = deep_merge(data, tree)
     if problems:
         raise TuneforgeError(problems)
+    where = str(path) if path else "config"
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise TuneforgeError(problems_from_validation(model, exc, str(path) if path else "config")) from None
+        problems = problems_from_validation(model, exc, where)
+    # pydantic skips model-level checks once a field fails; run them anyway so every
+    # problem is reported in one go
+    combination = getattr(model, "combination_problems", None)
+    if combination is not None:
+        seen = {p.message for p in problems}
+        problems += [Problem("invalid_value", msg, where) for msg in combination(data) if msg not in seen]
+    raise TuneforgeError(problems)

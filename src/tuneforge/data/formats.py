@@ -54,12 +54,13 @@ class Columns:
 def detect(obj: dict[str, Any], columns: Columns) -> str | None:
     if columns.input_col:
         return "columns"
+    # before `messages`: prepare writes preference pairs as messages (the prompt) + chosen/rejected
+    if "chosen" in obj and "rejected" in obj:
+        return "preference"
     if "messages" in obj:
         return "openai"
     if "conversations" in obj:
         return "sharegpt"
-    if "chosen" in obj and "rejected" in obj:
-        return "preference"
     if "instruction" in obj and "output" in obj:
         return "alpaca"
     if "prompt" in obj and "completion" in obj:
@@ -195,7 +196,7 @@ def _hh_transcript(prompt: str) -> list[dict[str, str]] | None:
 
 
 def _preference(obj: dict[str, Any], out: Normalised) -> None:
-    prompt = obj.get("prompt")
+    prompt = obj.get("prompt", obj.get("messages"))
     if isinstance(prompt, list):
         _messages(prompt + [{"role": "assistant", "content": "x"}], out, "prompt", "role", "content", None)
         out.messages = out.messages[:-1]

@@ -26,8 +26,10 @@ _PLACEHOLDER = "__tf_ref_{}__"
 _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
             ast.Eq: operator.eq, ast.NotEq: operator.ne}
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%", ast.Pow: "**",
-           ast.FloorDiv: "//", ast.In: "in", ast.Is: "is"}
+# Only for naming a refused operator in the error message.
+_SYMBOL = {ast.Mod: "%", ast.Pow: "**", ast.FloorDiv: "//", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>",
+           ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.Invert: "~", ast.In: "in", ast.NotIn: "not in",
+           ast.Is: "is", ast.IsNot: "is not"}
 
 
 def _error(message: str) -> TuneforgeError:
@@ -93,8 +95,9 @@ class _Expression:
     def describe(self, node: ast.AST) -> str:
         if isinstance(node, ast.Name):
             return f"the bare name {node.id!r} (write VARIANT.METRIC)"
-        op = getattr(node, "op", None) or (node.ops[0] if isinstance(node, ast.Compare) else None)
-        if op is not None and type(op) in _SYMBOL:
+        ops = node.ops if isinstance(node, ast.Compare) else [getattr(node, "op", None)]
+        op = next((op for op in ops if type(op) in _SYMBOL), None)
+        if op is not None:
             return f"the operator {_SYMBOL[type(op)]!r} in {self.show(node)!r}"
         return repr(self.show(node))
 

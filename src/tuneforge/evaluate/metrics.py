@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.errors import Problem, TuneforgeError, fail
 
 INVALID = "(invalid)"  # name of the confusion-matrix column for generations that match no label
 TASKS = ("classification", "extraction", "generation", "sql")
@@ -45,10 +45,6 @@ def _squash(text: str) -> str:
     return " ".join(text.replace("_", " ").split()).casefold()
 
 
-# Tried in order: a label such as "c++" must still match itself before punctuation is stripped.
-_LEVELS = (lambda s: s, lambda s: s.strip(_QUOTES + " "), lambda s: s.strip(_EDGES))
-
-
 def match_label(text: str | None, labels: list[str]) -> str | None:
     """The label a free-form generation names, or None when it names none (or several).
 
@@ -62,10 +58,14 @@ def match_label(text: str | None, labels: list[str]) -> str | None:
     if text.strip() in labels:
         return text.strip()
     folded = _squash(text)
-    for level in _LEVELS:
-        found = {label for label in labels if level(_squash(label)) == level(folded)}
+    # Strip the text a step at a time, so a label such as "c++" matches itself before "c" does;
+    # last, strip the labels too, for labels such as "yes." written without the period.
+    stripped = folded.strip(_EDGES)
+    for matches in (lambda form: form == folded, lambda form: form == folded.strip(_QUOTES + " "),
+                    lambda form: form == stripped, lambda form: form.strip(_EDGES) == stripped):
+        found = [label for label in labels if matches(_squash(label))]
         if len(found) == 1:
-            return found.pop()
+            return found[0]
         if found:  # labels that differ only in case or spacing: refuse to guess
             return None
     head = folded.lstrip(_EDGES)
@@ -182,11 +182,13 @@ def extraction(preds: list[str | None], refs: list[str]) -> dict[str, float]:
     return {
         "json_valid_rate": _ratio(sum(obj is not None for obj in parsed), n),
         # Compared as pairs, not with ==, so that true and 1 differ here as they do in the field scores.
-        "exact_match": _ratio(sum(obj is not None and _pairs(obj) == _pairs(ref) for obj, ref in zip(parsed, gold)), n),
+        "exact_match": _ratio(sum(obj is not None and _pairs(obj) == _pairs(ref)
+                                  for obj, ref in zip(parsed, gold)), n),
         "field_precision": precision,
         "field_recall": recall,
         "field_f1": _f1(precision, recall),
-        "schema_compliance": _ratio(sum(obj is not None and obj.keys() == ref.keys() for obj, ref in zip(parsed, gold)), n),
+        "schema_compliance": _ratio(sum(obj is not None and obj.keys() == ref.keys()
+                                        for obj, ref in zip(parsed, gold)), n),
     }
 
 
@@ -229,7 +231,8 @@ def generation(preds: list[str | None], refs: list[str]) -> dict[str, float]:
     try:
         from sacrebleu.metrics import CHRF
     except ImportError:
-        raise TuneforgeError(Problem("missing_dependency", "chrF needs sacrebleu: pip install 'sacrebleu>=2.4,<3'")) from None
+        raise TuneforgeError(Problem("missing_dependency",
+                                     "chrF needs sacrebleu: pip install 'sacrebleu>=2.4,<3'")) from None
     n = len(refs)
     texts = [p or "" for p in preds]
     return {
@@ -246,12 +249,12 @@ def open_db(db_path: str | Path) -> sqlite3.Connection:
     because it would let a query create files elsewhere."""
     path = Path(db_path)
     if not path.is_file():
-        raise TuneforgeError(Problem("sql_db_not_found", f"no SQLite database at {path}; pass the file with --db", str(path)))
+        raise fail("sql_db_not_found", "no SQLite database file here; give the path of the .db/.sqlite file", str(path))
     try:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as err:
-        raise TuneforgeError(Problem("sql_db_not_found", f"cannot read {path} as a SQLite database ({err})", str(path))) from None
+        raise fail("sql_db_not_found", f"cannot read this file as a SQLite database ({err})", str(path)) from None
 
     def authorize(action: int, *_: Any) -> int:
         return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
@@ -346,4 +349,4 @@ def example_score(task: str, pred: str | None, ref: str, **ctx: Any) -> float:
         if "correct" in ctx:
             return float(ctx["correct"])
         return float(sql([pred], [ref], ctx["db_path"], ctx.get("timeout_s", 5.0))["exec_accuracy"])
-    raise TuneforgeError(Problem("unknown_task", f"no metrics for task {task!r}; tasks with metrics: {', '.join(TASKS)}"))
+    raise fail("unknown_task", f"no metrics for task {task!r}; tasks with metrics: {', '.join(TASKS)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -15,6 +15,7 @@ from tuneforge.models.resolve import DEFAULT_MODEL
 Method = Literal["lora", "qlora", "dora", "full", "prefix", "prompt", "ia3"]
 Objective = Literal["auto", "sft", "pretrain", "dpo"]
 Auto = Literal["auto"]
+Positive = Annotated[int, Field(ge=1)]
 PROMPT_METHODS = ("prefix", "prompt")
 
 
@@ -49,7 +50,7 @@ class TrainConfig(Strict):
     out: Path = Field(Path("runs/train"), description="run folder")
     method: Method = "lora"
     objective: Objective = Field("auto", description="auto picks from the dataset task")
-    epochs: Union[int, Auto] = Field("auto", description="auto: from the dataset size, as hosted services do")
+    epochs: Union[Positive, Auto] = Field("auto", description="auto: from the dataset size, as hosted services do")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(8, ge=1, description="examples per optimizer step (before grad_accum)")
     grad_accum: int = Field(1, ge=1)
@@ -59,14 +60,15 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
-    max_seq_len: Union[int, Auto] = Field("auto", description="auto: the longest example, capped at 2048")
+    max_seq_len: Union[Annotated[int, Field(ge=16)], Auto] = Field(
+        "auto", description="auto: the longest example, capped at 2048")
     packing: Union[bool, Auto] = Field("auto", description="concatenate examples without cross-attention")
     train_on_inputs: bool = Field(False, description="also learn the prompt tokens, not only the answers")
     bf16: Union[bool, Auto] = "auto"
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
-    eval_steps: Union[int, Auto] = Field("auto", description="validation loss every N steps (auto: ~10 per run)")
-    save_steps: Union[int, Auto] = Field("auto", description="checkpoint every N steps (auto: = eval_steps)")
+    eval_steps: Union[Positive, Auto] = Field("auto", description="validation loss every N steps (auto: ~10 per run)")
+    save_steps: Union[Positive, Auto] = Field("auto", description="checkpoint every N steps (auto: = eval_steps)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the best is kept too)")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evals without improvement")
     eval_limit: int = Field(200, ge=1, description="validation examples used for eval loss")
@@ -78,22 +80,31 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        problems = []
-        if (self.data is None) == (not self.datasets):
-            problems.append("give exactly one of data (a prepared folder) or datasets (a weighted list)")
-        if self.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("method qlora needs bitsandbytes: pip install bitsandbytes")
-        if self.method in PROMPT_METHODS and self.packing is True:
-            problems.append(f"packing does not work with method {self.method} (virtual tokens); set packing: false")
-        if self.objective == "dpo" and self.method in PROMPT_METHODS:
-            problems.append(f"objective dpo is not supported with method {self.method}; use lora or full")
-        if self.warmup != "auto" and not 0 <= self.warmup <= 0.5:
-            problems.append("warmup must be a share of steps between 0 and 0.5, or auto")
-        if self.learning_rate != "auto" and not 0 < self.learning_rate < 1:
-            problems.append("learning_rate must be between 0 and 1, or auto")
-        for missing in ("mlflow", "wandb"):
-            if missing in self.tracking and importlib.util.find_spec(missing) is None:
-                problems.append(f"tracking {missing} is configured but not installed: pip install {missing}")
+        problems = self.combination_problems(self.model_dump())
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @staticmethod
+    def combination_problems(values: dict[str, Any]) -> list[str]:
+        """Checks across keys, on raw values too, so they are reported with field errors."""
+        get = values.get
+        method, objective, packing = get("method", "lora"), get("objective", "auto"), get("packing", "auto")
+        problems = []
+        if (get("data") is None) == (not get("datasets")):
+            problems.append("give exactly one of data (a prepared folder) or datasets (a weighted list)")
+        if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("method qlora needs bitsandbytes: pip install bitsandbytes")
+        if method in PROMPT_METHODS and packing is True:
+            problems.append(f"packing does not work with method {method} (virtual tokens); set packing: false")
+        if objective == "dpo" and method in PROMPT_METHODS:
+            problems.append(f"objective dpo is not supported with method {method}; use lora or full")
+        warmup, lr = get("warmup", "auto"), get("learning_rate", "auto")
+        if isinstance(warmup, (int, float)) and not 0 <= warmup <= 0.5:
+            problems.append("warmup must be a share of steps between 0 and 0.5, or auto")
+        if isinstance(lr, (int, float)) and not 0 < lr < 1:
+            problems.append("learning_rate must be between 0 and 1, or auto")
+        for missing in ("mlflow", "wandb"):
+            if missing in (get("tracking") or []) and importlib.util.find_spec(missing) is None:
+                problems.append(f"tracking {missing} is configured but not installed: pip install {missing}")
+        return problems

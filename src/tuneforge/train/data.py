@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.errors import Problem, TuneforgeError
-from tuneforge.train.collate import Encoder
+from tuneforge.train.collate import IGNORE, EncodeStats, Encoder, Example
 
 
 def read_prepared(folder: Path) -> tuple[dict[str, Any], list[dict], list[dict]]:
@@ -83,3 +83,30 @@ def record_kind(rec: dict) -> str:
     if "text" in rec:
         return "text"
     return "preference" if "chosen" in rec else "chat"
+
+
+def longest(item) -> int:
+    """Length of an example, or of the longer side of a preference pair."""
+    return max(len(x) for x in item) if isinstance(item, tuple) else len(item)
+
+
+def _cut(example: Example, limit: int) -> Example | None:
+    ids, labels = example.input_ids[:limit], example.labels[:limit]
+    return Example(ids, labels) if any(label != IGNORE for label in labels[1:]) else None
+
+
+def truncate(items: list, limit: int, stats: EncodeStats) -> list:
+    """Cut examples (or both sides of pairs) to `limit` tokens, counting what was cut and
+    dropping what has no trained token left."""
+    kept = []
+    for item in items:
+        if longest(item) <= limit:
+            kept.append(item)
+            continue
+        stats.truncated += 1
+        cut = tuple(_cut(x, limit) for x in item) if isinstance(item, tuple) else _cut(item, limit)
+        if cut is None or (isinstance(cut, tuple) and None in cut):
+            stats.dropped_no_target += 1
+            continue
+        kept.append(cut)
+    return kept

@@ -63,7 +63,11 @@ def build_model(cfg: TrainConfig, model_path: str, device: str, bf16: bool, pack
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, config)
+    from tuneforge.train.fused_lora import fuse_lora
+
+    model = get_peft_model(model, config)
+    fuse_lora(model)
+    return model
 
 
 def count_params(model) -> tuple[int, int]:

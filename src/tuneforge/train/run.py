@@ -11,6 +11,7 @@ template, write summary.json and loss.png.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -39,6 +40,18 @@ def auto_epochs(n: int) -> int:
     return 3
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident memory. VmHWM, not getrusage: Linux carries ru_maxrss
+    over exec, so a child of a big process would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def bf16_supported(device: str) -> bool:
     import torch
 
@@ -53,22 +66,26 @@ def bf16_supported(device: str) -> bool:
 
 def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict], str, list[dict[str, Any]]]:
     sources = [(cfg.data, 1.0)] if cfg.data is not None else [(d.path, d.weight) for d in cfg.datasets]
-    parts, vals, tasks, reports = [], [], [], []
+    parts, val_parts, tasks, reports = [], [], [], []
     for folder, weight in sources:
         report, train, val = datasets.read_prepared(Path(folder))
         parts.append((train, weight))
-        vals += val
+        val_parts.append(val)
         tasks.append(report["task"])
         reports.append({"path": str(folder), "task": report["task"], "train": len(train), "val": len(val)})
     train = parts[0][0] if len(parts) == 1 else datasets.mix(parts, cfg.seed)
+    # interleave so that eval_limit keeps a share of every dataset, not only the first
+    vals = [row for group in itertools.zip_longest(*val_parts) for row in group if row is not None]
     task = tasks[0] if len(set(tasks)) == 1 else "mixed"
     return train, vals, task, reports
 
 
-def resolve(cfg: TrainConfig, n_train: int, longest: int, device: str) -> dict[str, Any]:
-    """Concrete values for every `auto` key; explicit values always win."""
+def resolve(cfg: TrainConfig, n_train: int, longest: int, device: str, objective: str | None = None) -> dict[str, Any]:
+    """Concrete values for every `auto` key; explicit values always win. `objective` is the
+    resolved one (`auto` becomes dpo on preference data)."""
+    objective = objective or cfg.objective
     lr = cfg.learning_rate if cfg.learning_rate != "auto" else LEARNING_RATES[cfg.method] * (
-        0.25 if cfg.objective == "dpo" else 1.0)
+        0.25 if objective == "dpo" else 1.0)
     return {
         "epochs": cfg.epochs if cfg.epochs != "auto" else auto_epochs(n_train),
         "learning_rate": lr,
@@ -93,6 +110,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     train_rows, val_rows, task, sources = load_records(cfg)
     objective = cfg.objective if cfg.objective != "auto" else datasets.OBJECTIVE_FOR_TASK.get(task, "sft")
+    if objective == "dpo" and cfg.method in PROMPT_METHODS:
+        raise TuneforgeError(Problem("invalid_value", f"the data is preference pairs (objective dpo), which method "
+                                     f"{cfg.method} does not support; use lora or full", "method"))
     if objective != "pretrain":
         datasets.check_objective(objective, {datasets.record_kind(r) for r in train_rows + val_rows})
     out = cfg.out
@@ -112,12 +132,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    longest_probe = Encoder(tokenizer, 10**9, cfg.train_on_inputs)
-    sample = datasets.encode(train_rows[:2000], objective, longest_probe)
-    longest = max((loop._length(x) if objective != "dpo" else max(len(x[0]), len(x[1])) for x in sample), default=16)
-    settings = resolve(cfg, len(train_rows), longest, device)
-    encoder = Encoder(tokenizer, settings["max_seq_len"], cfg.train_on_inputs)
+    # encode once without a limit: the longest example decides an `auto` max_seq_len
+    limit = cfg.max_seq_len if cfg.max_seq_len != "auto" else (2048 if objective == "pretrain" else 10**9)
+    encoder = Encoder(tokenizer, limit, cfg.train_on_inputs)
     train_items = datasets.encode(train_rows, objective, encoder)
+    longest = max((datasets.longest(x) for x in train_items), default=16)
+    settings = resolve(cfg, len(train_rows), longest, device, objective)
+    train_items = datasets.truncate(train_items, settings["max_seq_len"], encoder.stats)
     val_items = datasets.encode(val_rows[: cfg.eval_limit], objective, Encoder(tokenizer, settings["max_seq_len"]))
     if not train_items:
         raise TuneforgeError(Problem("no_examples", "no training example has a trained token", str(cfg.data)))
@@ -197,7 +218,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "tokens_per_second": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
             "best_eval_loss": state.best_eval, "best_step": state.best_step, "final_eval_loss": state.last_eval,
             "stopped_early": state.stopped_early,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "peak_rss_mb": peak_rss_mb(),
             "trainable_params": trainable, "total_params": total, "processes": accelerator.num_processes,
             "settings": {k: resolved[k] for k in ("epochs", "learning_rate", "warmup", "max_seq_len", "packing",
                                                   "bf16", "batch_size", "grad_accum", "total_steps")},

@@ -1,0 +1,321 @@
+"""The evaluate stage: the same held-out examples through every variant, scored with
+the task's own metrics.
+
+    tuneforge eval --data runs/tickets-data --adapter tuned=runs/tickets
+
+Variants: `base-zero-shot` (the prompt as in training), `base-few-shot` (K solved
+training examples shown first, stratified by label) and each adapter or model given.
+Reads top to bottom: load examples, build prompts, run each variant (generation,
+label scoring, perplexity, latency), score, write eval.json, predictions.jsonl
+and the reports, then apply --fail-if.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.evaluate import metrics
+from tuneforge.evaluate.config import EvalConfig
+
+MAIN_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "rouge_l",
+               "sql": "exec_accuracy"}
+# every metric a variant can have, so --fail-if is checked before any inference
+ALL_METRICS = ("accuracy", "macro_f1", "invalid_rate", "accuracy_constrained", "macro_f1_constrained",
+               "json_valid_rate", "exact_match", "field_precision", "field_recall", "field_f1", "schema_compliance",
+               "rouge_l", "chrf", "exec_rate", "exec_accuracy", "perplexity", "latency_ms_p50", "tokens_per_s",
+               "examples_per_s")
+
+
+@dataclass
+class Examples:
+    task: str
+    prompts: list[list[dict]]  # messages before the answer
+    references: list[str]
+    labels: list[str]
+    train: list[dict] = field(default_factory=list)  # for few-shot
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise TuneforgeError(Problem("invalid_json", f"{exc.msg}; eval data must be prepared chat records",
+                                         f"{path}:{number}")) from None
+    return rows
+
+
+def _split_record(rec: dict, where: str) -> tuple[list[dict], str]:
+    messages = rec.get("messages")
+    if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
+        raise TuneforgeError(Problem("no_assistant_turn", "each eval record needs messages ending with the "
+                                     "assistant's reference answer; run `tuneforge prepare` on the file", where))
+    return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
+
+
+def detect_task(refs: list[str]) -> str:
+    if refs and all(metrics.parse_json_object(r) is not None for r in refs):
+        return "extraction"
+    if refs and all(r.strip().lower().startswith(("select", "with ")) for r in refs):
+        return "sql"
+    distinct = set(refs)
+    # labels repeat: on average each answer appears at least twice
+    if refs and len(distinct) <= 50 and len(distinct) <= len(refs) // 2 and max(map(len, distinct)) <= 60:
+        return "classification"
+    return "generation"
+
+
+def load_examples(cfg: EvalConfig) -> Examples:
+    data = Path(cfg.data)
+    report: dict[str, Any] = {}
+    train_rows: list[dict] = []
+    if data.is_dir():
+        if (data / "report.json").exists():
+            report = json.loads((data / "report.json").read_text())
+        test = data / "test.jsonl"
+        if not test.exists() or not test.read_text().strip():
+            test = data / "val.jsonl"
+        if not test.exists():
+            raise TuneforgeError(Problem("not_prepared", "no test.jsonl or val.jsonl here; pass a folder written by "
+                                         "`tuneforge prepare` or a JSONL file", str(data)))
+        rows = _read_jsonl(test)
+        if (data / "train.jsonl").exists():
+            train_rows = _read_jsonl(data / "train.jsonl")
+    elif data.is_file():
+        rows, test = _read_jsonl(data), data
+    else:
+        raise TuneforgeError(Problem("file_not_found", "no such file or folder", str(data)))
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    if not rows:
+        raise TuneforgeError(Problem("no_examples", "nothing to evaluate", str(test)))
+    split = [_split_record(r, f"{test}:{i + 1}") for i, r in enumerate(rows)]
+    refs = [ref for _, ref in split]
+    task = cfg.task if cfg.task != "auto" else (
+        report.get("task") if report.get("task") in MAIN_METRIC else detect_task(refs))
+    labels = sorted(report.get("labels") or {}) if task == "classification" else []
+    if task == "classification":
+        labels = sorted(set(labels) | set(refs))
+    if task == "sql" and cfg.sql_db is None:
+        raise TuneforgeError(Problem("sql_db_missing", "the sql task runs queries: pass --sql-db FILE (SQLite)",
+                                     "--sql-db"))
+    return Examples(task, [p for p, _ in split], refs, labels, train_rows)
+
+
+def pick_shots(ex: Examples, k: int, seed: int) -> list[tuple[str, str]]:
+    """(user text, answer) demonstrations; round-robin over labels for classification."""
+    rng = random.Random(seed)
+    pool = []
+    for rec in ex.train:
+        try:
+            prompt, answer = _split_record(rec, "train")
+        except TuneforgeError:
+            continue
+        users = [m["content"] for m in prompt if m["role"] == "user"]
+        if users:
+            pool.append((users[-1], answer))
+    rng.shuffle(pool)
+    if ex.task != "classification":
+        return pool[:k]
+    by_label: dict[str, list[tuple[str, str]]] = {}
+    for item in pool:
+        by_label.setdefault(item[1], []).append(item)
+    picked: list[tuple[str, str]] = []
+    while len(picked) < k and any(by_label.values()):
+        for label in sorted(by_label):
+            if by_label[label] and len(picked) < k:
+                picked.append(by_label[label].pop())
+    rng.shuffle(picked)
+    return picked
+
+
+def with_shots(prompt: list[dict], shots: list[tuple[str, str]]) -> list[dict]:
+    head = [m for m in prompt[:1] if m["role"] == "system"]
+    demos = [m for user, answer in shots for m in ({"role": "user", "content": user},
+                                                    {"role": "assistant", "content": answer})]
+    return head + demos + prompt[len(head):]
+
+
+@dataclass
+class Variant:
+    name: str
+    load: Callable[[], tuple[Any, Any]]
+    few_shot: bool = False
+
+
+def variant_names(cfg: EvalConfig) -> list[str]:
+    return [f"base-{b}" for b in cfg.baselines] + list(cfg.adapters)
+
+
+def variants(cfg: EvalConfig) -> list[Variant]:
+    from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.models.tuned import load_tuned
+
+    found = []
+    base = lambda: (load_model(cfg.model), load_tokenizer(cfg.model))  # noqa: E731
+    if "zero-shot" in cfg.baselines:
+        found.append(Variant("base-zero-shot", base))
+    if "few-shot" in cfg.baselines:
+        found.append(Variant("base-few-shot", base, few_shot=True))
+    for name, path in cfg.adapters.items():
+        found.append(Variant(name, lambda path=path: load_tuned(Path(path))))
+    if not found:
+        raise TuneforgeError(Problem("no_variants", "nothing to evaluate: give --adapter or keep a baseline",
+                                     "--baselines"))
+    return found
+
+
+def _encode(tokenizer, messages: list[dict]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _answer_ids(tokenizer, text: str, stop: int) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [stop]
+
+
+def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bool, progress=None) -> dict[str, Any]:
+    from tuneforge.evaluate import engine
+
+    model, tokenizer = variant.load()
+    stop = engine.stop_ids(model, tokenizer)[-1]
+    messages = [with_shots(p, shots) if variant.few_shot else p for p in ex.prompts]
+    prompts = [_encode(tokenizer, m) for m in messages]
+    answers = [_answer_ids(tokenizer, r, stop) for r in ex.references]
+    budget = cfg.max_new_tokens if cfg.max_new_tokens != "auto" else min(512, max(map(len, answers)) + 8)
+    gen = engine.generate(model, tokenizer, prompts, budget, cfg.batch_size, bf16, progress)
+    scored = score(ex, gen.texts, cfg)
+    result: dict[str, Any] = dict(scored["metrics"])
+    if ex.task == "classification" and cfg.constrained:
+        options = [_answer_ids(tokenizer, label, stop) for label in ex.labels]
+        table = engine.score_options(model, prompts, options, tokenizer.pad_token_id, cfg.batch_size, bf16)
+        picks = [ex.labels[int(i)] for i in table.argmax(-1)]
+        result["accuracy_constrained"] = sum(p == r for p, r in zip(picks, ex.references)) / len(picks)
+        result["macro_f1_constrained"] = metrics.classification(picks, ex.references, ex.labels)["macro_f1"]
+    logps = engine.answer_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size, bf16)
+    total, count = sum(lp for lp, _ in logps), sum(n for _, n in logps)
+    result["perplexity"] = float(2.718281828459045 ** (-total / max(count, 1)))
+    result["latency_ms_p50"] = _latency(model, tokenizer, prompts[: cfg.latency_samples], budget, bf16)
+    result["tokens_per_s"] = round(gen.new_tokens / max(gen.seconds, 1e-9), 1)
+    result["examples_per_s"] = round(len(prompts) / max(gen.seconds, 1e-9), 2)
+    general = _general(model, tokenizer, bf16, cfg.batch_size) if cfg.general else None
+    del model
+    return {"metrics": result, "outputs": gen.texts, "scores": scored["scores"], "confusion": scored.get("confusion"),
+            "general": general}
+
+
+def _latency(model, tokenizer, prompts: list[list[int]], budget: int, bf16: bool) -> float | None:
+    from tuneforge.evaluate import engine
+
+    times = []
+    for prompt in prompts:
+        start = time.perf_counter()
+        engine.generate(model, tokenizer, [prompt], budget, 1, bf16)
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 1) if times else None
+
+
+def _general(model, tokenizer, bf16: bool, batch_size: int) -> float:
+    from tuneforge.evaluate import engine
+    from tuneforge.evaluate.general import load_general, score_general
+
+    items = load_general()
+    prompts = [_encode(tokenizer, [{"role": "user", "content": q["question"] + " Answer briefly."}]) for q in items]
+    out = engine.generate(model, tokenizer, prompts, 24, batch_size, bf16)
+    return sum(score_general(p, q["answers"]) for p, q in zip(out.texts, items)) / len(items)
+
+
+def score(ex: Examples, preds: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    refs = ex.references
+    if ex.task == "classification":
+        matched = [metrics.match_label(p, ex.labels) for p in preds]
+        found = metrics.classification(matched, refs, ex.labels)
+        confusion = found.pop("confusion")
+        found.pop("per_class", None)
+        scores = [float(m == r) for m, r in zip(matched, refs)]
+        return {"metrics": found, "scores": scores, "confusion": confusion}
+    if ex.task == "extraction":
+        return {"metrics": metrics.extraction(preds, refs),
+                "scores": [metrics.example_score("extraction", p, r) for p, r in zip(preds, refs)]}
+    if ex.task == "sql":
+        found = metrics.sql(preds, refs, cfg.sql_db)
+        per = found.pop("per_example", [])
+        return {"metrics": found, "scores": [float(x["correct"]) for x in per]}
+    return {"metrics": metrics.generation(preds, refs),
+            "scores": [metrics.example_score("generation", p, r) for p, r in zip(preds, refs)]}
+
+
+def evaluate(cfg: EvalConfig, variant_list: list[Variant] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run every variant; returns the eval.json content (and writes the run folder)."""
+    ex = load_examples(cfg)
+    return assemble(cfg, ex, run_all(cfg, ex, variant_list or variants(cfg), progress))
+
+
+def run_all(cfg: EvalConfig, ex: Examples, variant_list: list[Variant], progress: bool = True) -> dict[str, Any]:
+    from tuneforge.train.run import bf16_supported
+
+    few = any(v.few_shot for v in variant_list)
+    shots = pick_shots(ex, cfg.shots, cfg.seed) if few else []
+    if few and not shots:
+        raise TuneforgeError(Problem("no_shots", "few-shot needs a train split to draw examples from; pass a "
+                                     "prepared folder or --baselines zero-shot", str(cfg.data)))
+    bf16 = cfg.bf16 if cfg.bf16 != "auto" else bf16_supported("cpu")
+    runs = {}
+    bar = _progress(progress)
+    with bar:
+        for variant in variant_list:
+            task_id = bar.add_task(variant.name, total=len(ex.prompts)) if bar.enabled else None
+            step = (lambda n, t=task_id: bar.update(t, advance=n)) if bar.enabled else None
+            runs[variant.name] = run_variant(variant, ex, cfg, shots, bf16, step)
+    return runs
+
+
+def assemble(cfg: EvalConfig, ex: Examples, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from tuneforge.evaluate.report import write_reports
+
+    result: dict[str, Any] = {"task": ex.task, "n": len(ex.references), "main_metric": MAIN_METRIC[ex.task],
+                              "variants": {name: r["metrics"] for name, r in runs.items()}}
+    if ex.task == "classification":
+        result["labels"] = ex.labels
+        result["confusion"] = {name: r["confusion"] for name, r in runs.items()}
+    if any(r["general"] is not None for r in runs.values()):
+        result["general"] = {name: r["general"] for name, r in runs.items()}
+    predictions = [{"index": i, "input": ex.prompts[i][-1]["content"], "reference": ex.references[i],
+                    "outputs": {name: r["outputs"][i] for name, r in runs.items()},
+                    "scores": {name: r["scores"][i] for name, r in runs.items()}}
+                   for i in range(len(ex.references))]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    write_reports(out, result, predictions)
+    return result
+
+
+class _NoBar:
+    enabled = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("eval {task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    bar.enabled = True
+    return bar
