@@ -28,8 +28,13 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest -q tests/integration
 
+# about an hour on 2 cores; the train and quality benchmarks read ../shared/data
 bench: install
 	$(BIN)/python benchmarks/prepare_bench.py --records 1000000
+	$(BIN)/python benchmarks/train_bench.py --data ../shared/data/banking77
+	$(BIN)/python benchmarks/eval_bench.py
+	$(BIN)/python benchmarks/quality_bench.py --data ../shared/data/banking77
+	$(BIN)/python benchmarks/quality_bench.py --data ../shared/data/restaurant8k_extraction
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -63,6 +63,20 @@ def stop_ids(model, tokenizer) -> list[int]:
     return ids or [tokenizer.eos_token_id]
 
 
+def turn_end_id(tokenizer) -> int:
+    """The token that closes an assistant turn in the chat template (what training taught
+    the model to emit after an answer), found by rendering a turn; EOS when there is none."""
+    marker = "XQZTURNXQZ"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # no or unusual template: fall back to EOS
+        return tokenizer.eos_token_id
+    tail = text.split(marker, 1)[-1].strip()
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    return ids[0] if ids else tokenizer.eos_token_id
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
              bf16: bool = False, progress=None) -> Generated:

@@ -187,7 +187,7 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
     from tuneforge.evaluate import engine
 
     model, tokenizer = variant.load()
-    stop = engine.stop_ids(model, tokenizer)[-1]
+    stop = engine.turn_end_id(tokenizer)
     messages = [with_shots(p, shots) if variant.few_shot else p for p in ex.prompts]
     prompts = [_encode(tokenizer, m) for m in messages]
     answers = [_answer_ids(tokenizer, r, stop) for r in ex.references]
