@@ -55,12 +55,13 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 def stop_ids(model, tokenizer) -> list[int]:
+    """The generation config's EOS ids plus the chat template's end-of-turn token."""
     found = model.generation_config.eos_token_id
     ids = list(found) if isinstance(found, (list, tuple)) else [found] if found is not None else []
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(end, int) and end != tokenizer.unk_token_id and end not in ids:
+    end = turn_end_id(tokenizer)
+    if end is not None and end not in ids:
         ids.append(end)
-    return ids or [tokenizer.eos_token_id]
+    return ids
 
 
 def turn_end_id(tokenizer) -> int:

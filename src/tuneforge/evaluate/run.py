@@ -13,6 +13,7 @@ and the reports, then apply --fail-if.
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 import time
@@ -161,7 +162,13 @@ def variants(cfg: EvalConfig) -> list[Variant]:
     from tuneforge.models.tuned import load_tuned
 
     found = []
-    base = lambda: (load_model(cfg.model), load_tokenizer(cfg.model))  # noqa: E731
+    loaded: list = []
+
+    def base():  # zero-shot and few-shot share one loaded base model
+        if not loaded:
+            loaded.append((load_model(cfg.model), load_tokenizer(cfg.model)))
+        return loaded[0]
+
     if "zero-shot" in cfg.baselines:
         found.append(Variant("base-zero-shot", base))
     if "few-shot" in cfg.baselines:
@@ -203,7 +210,7 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
         result["macro_f1_constrained"] = metrics.classification(picks, ex.references, ex.labels)["macro_f1"]
     logps = engine.answer_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size, bf16)
     total, count = sum(lp for lp, _ in logps), sum(n for _, n in logps)
-    result["perplexity"] = float(2.718281828459045 ** (-total / max(count, 1)))
+    result["perplexity"] = math.exp(-total / max(count, 1))
     result["latency_ms_p50"] = _latency(model, tokenizer, prompts[: cfg.latency_samples], budget, bf16)
     result["tokens_per_s"] = round(gen.new_tokens / max(gen.seconds, 1e-9), 1)
     result["examples_per_s"] = round(len(prompts) / max(gen.seconds, 1e-9), 2)
