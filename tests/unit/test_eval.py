@@ -132,8 +132,3 @@ def test_extraction_generation_and_sql_files(tiny_model, tmp_path):
     result = evaluate(EvalConfig(data=queries, model=tiny_model, baselines=["zero-shot"], out=tmp_path / "q",
                                  sql_db=db, latency_samples=0), progress=False)
     assert result["task"] == "sql" and result["variants"]["base-zero-shot"]["exec_accuracy"] == 0.0
-
-
-def test_the_answer_end_marker_comes_from_the_chat_template(tiny_model):
-    tokenizer = load_tokenizer(tiny_model)
-    assert engine.turn_end_id(tokenizer) == tokenizer.convert_tokens_to_ids("<|im_end|>")

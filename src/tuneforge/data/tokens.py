@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuneforge.models import template
+
 _VERIFY_PER_SIGNATURE = 3
 
 
@@ -20,9 +22,8 @@ class TokenCounter:
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.backend = getattr(tokenizer, "_tokenizer", None) or tokenizer.backend_tokenizer
-        self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self.eos_tokens = 1 if tokenizer.eos_token else 0
-        self.fast = self.has_template
+        self.fast = template.has_template(tokenizer)
         self._overhead: dict[tuple[str, ...], int] = {}
         self._verified: dict[tuple[str, ...], int] = {}
 
@@ -33,11 +34,7 @@ class TokenCounter:
         return [len(e) for e in encode(texts, add_special_tokens=False)]
 
     def render(self, messages: list[dict[str, Any]]) -> str:
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if self.has_template:
-            return self.tokenizer.apply_chat_template(plain, tokenize=False)
-        # No template (a base model): the plain 'role: content' layout training uses too.
-        return "".join(f"{m['role']}: {m['content']}\n" for m in plain)
+        return template.render(self.tokenizer, messages)
 
     def _overhead_for(self, roles: tuple[str, ...]) -> int:
         if roles not in self._overhead:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tuneforge.models import template
+
 TOKEN_BUDGET = 8192  # prompt tokens per batch
 
 
@@ -56,26 +58,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 def stop_ids(model, tokenizer) -> list[int]:
     """The generation config's EOS ids plus the chat template's end-of-turn token."""
-    found = model.generation_config.eos_token_id
-    ids = list(found) if isinstance(found, (list, tuple)) else [found] if found is not None else []
-    end = turn_end_id(tokenizer)
-    if end is not None and end not in ids:
-        ids.append(end)
-    return ids
-
-
-def turn_end_id(tokenizer) -> int:
-    """The token that closes an assistant turn in the chat template (what training taught
-    the model to emit after an answer), found by rendering a turn; EOS when there is none."""
-    marker = "XQZTURNXQZ"
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
-                                              {"role": "assistant", "content": marker}], tokenize=False)
-    except Exception:  # no or unusual template: fall back to EOS
-        return tokenizer.eos_token_id
-    tail = text.split(marker, 1)[-1].strip()
-    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
-    return ids[0] if ids else tokenizer.eos_token_id
+    return template.stop_ids(tokenizer, model.generation_config.eos_token_id)
 
 
 @torch.inference_mode()

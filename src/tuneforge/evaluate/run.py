@@ -182,8 +182,9 @@ def variants(cfg: EvalConfig) -> list[Variant]:
 
 
 def _encode(tokenizer, messages: list[dict]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    from tuneforge.models.template import encode_prompt
+
+    return encode_prompt(tokenizer, messages)
 
 
 def _answer_ids(tokenizer, text: str, stop: int) -> list[int]:
@@ -192,9 +193,10 @@ def _answer_ids(tokenizer, text: str, stop: int) -> list[int]:
 
 def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bool, progress=None) -> dict[str, Any]:
     from tuneforge.evaluate import engine
+    from tuneforge.models.template import turn_end_id
 
     model, tokenizer = variant.load()
-    stop = engine.turn_end_id(tokenizer)
+    stop = turn_end_id(tokenizer)
     messages = [with_shots(p, shots) if variant.few_shot else p for p in ex.prompts]
     prompts = [_encode(tokenizer, m) for m in messages]
     answers = [_answer_ids(tokenizer, r, stop) for r in ex.references]

@@ -27,17 +27,6 @@ def _lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _stop_token_ids(tokenizer) -> list[int]:
-    """Every token that ends a turn: the chat template's end marker and the tokenizer's EOS."""
-    ids = []
-    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", tokenizer.eos_token):
-        if token and token in tokenizer.get_vocab():
-            tid = tokenizer.convert_tokens_to_ids(token)
-            if tid not in ids:
-                ids.append(tid)
-    return ids
-
-
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Convert `gguf_path` into a model folder at `target` unless it is already there."""
     if (target / "config.json").exists():
@@ -47,6 +36,8 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
             return target
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        from tuneforge.models.template import ensure_pad, stop_ids
 
         folder, name = str(gguf_path.parent), gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -60,9 +51,8 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
         model.tie_weights()
         del loaded
 
-        stops = _stop_token_ids(tokenizer)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        ensure_pad(tokenizer)
+        stops = stop_ids(tokenizer)
         model.generation_config = GenerationConfig(
             bos_token_id=config.bos_token_id,
             eos_token_id=stops or config.eos_token_id,

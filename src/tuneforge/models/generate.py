@@ -10,6 +10,7 @@ def complete(model_name: str, prompt: str, chat: bool = False, max_new_tokens: i
     import torch
 
     from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.models.template import encode_prompt, stop_ids
     from tuneforge.models.tuned import load_tuned
 
     if adapter is not None:
@@ -17,13 +18,12 @@ def complete(model_name: str, prompt: str, chat: bool = False, max_new_tokens: i
     else:
         tokenizer, model = load_tokenizer(model_name), load_model(model_name)
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": prompt}])])
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     else:
-        text = prompt
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
+        inputs = tokenizer(prompt, return_tensors="pt")
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                **sampling)
+                                eos_token_id=stop_ids(tokenizer, model.generation_config.eos_token_id), **sampling)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

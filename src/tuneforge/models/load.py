@@ -5,16 +5,14 @@ from __future__ import annotations
 from functools import lru_cache
 
 from tuneforge.models.resolve import resolve_model
+from tuneforge.models.template import ensure_pad
 
 
 @lru_cache(maxsize=4)
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(name)))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return ensure_pad(AutoTokenizer.from_pretrained(str(resolve_model(name))))
 
 
 def load_model(name: str, dtype: str = "float32", device: str = "cpu", quantization=None):

@@ -33,11 +33,10 @@ def load_tuned(path: Path, dtype: str = "float32", base: str | None = None):
     from transformers import AutoTokenizer
 
     from tuneforge.models.load import load_model
+    from tuneforge.models.template import ensure_pad
 
     folder = artifact_dir(Path(path))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad(AutoTokenizer.from_pretrained(str(folder)))
     if not (folder / "adapter_config.json").exists():
         return load_model(str(folder), dtype=dtype), tokenizer
     from peft import PeftModel

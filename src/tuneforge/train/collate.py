@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuneforge.models import template
+
 IGNORE = -100
 
 
@@ -45,15 +47,10 @@ class Encoder:
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
         self.train_on_inputs = train_on_inputs
-        self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self.stats = EncodeStats()
 
     def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if self.has_template:
-            return self.tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in plain)
-        return text + ("assistant: " if generation_prompt else "")
+        return template.render(self.tokenizer, messages, generation_prompt)
 
     def _spans(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
         full = self.render(messages)

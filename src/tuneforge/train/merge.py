@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.models.template import render
 from tuneforge.models.tuned import artifact_dir, base_of
 
 MERGEABLE = {"lora", "dora", "qlora", "ia3"}
@@ -33,7 +34,7 @@ def _sample_texts(run: Path, tokenizer, limit: int) -> list[str]:
             for line in val.read_text(encoding="utf-8").splitlines()[:limit]:
                 rec = json.loads(line)
                 if "messages" in rec:
-                    texts.append(tokenizer.apply_chat_template(rec["messages"], tokenize=False))
+                    texts.append(render(tokenizer, rec["messages"]))
                 elif "text" in rec:
                     texts.append(rec["text"])
     return texts or ["The customer wrote: my card was charged twice and I need a refund.",

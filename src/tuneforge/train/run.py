@@ -102,6 +102,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer, GenerationConfig, get_scheduler
 
     from tuneforge.models import resolve_model
+    from tuneforge.models.template import check_tokenizer
     from tuneforge.train import loop
     from tuneforge.train.checkpoint import Checkpoints, load_trainable
     from tuneforge.train.collate import Encoder
@@ -129,8 +130,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     device = accelerator.device.type
     model_path = str(resolve_model(cfg.model))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    check_tokenizer(tokenizer, cfg.model)
 
     # encode once without a limit: the longest example decides an `auto` max_seq_len
     limit = cfg.max_seq_len if cfg.max_seq_len != "auto" else (2048 if objective == "pretrain" else 10**9)
