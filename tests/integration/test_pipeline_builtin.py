@@ -35,9 +35,27 @@ def test_train_writes_a_complete_run_folder(run):
                 "best_eval_loss", "final_eval_loss", "peak_rss_mb", "trainable_params", "total_params"):
         assert key in summary, key
     assert summary["method"] == "lora" and summary["objective"] == "sft" and summary["steps"] == 6
-    names = {p.name for p in (run / "adapter").iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
-            "generation_config.json"} <= names or "tokenizer_config.json" in names
+    adapter = run / "adapter"
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "generation_config.json", "tuneforge.json"} <= names
+    # the adapter carries the base model's tokenizer and chat template, so every consumer formats
+    # prompts as training did, and it names its base model
+    from transformers import AutoTokenizer
+
+    from tuneforge.models.resolve import BUILTIN
+
+    base = BUILTIN["smollm2-135m"].cache_dir()
+    tokenizer, base_tokenizer = AutoTokenizer.from_pretrained(str(adapter)), AutoTokenizer.from_pretrained(str(base))
+    assert tokenizer.chat_template and tokenizer.chat_template == base_tokenizer.chat_template
+    assert tokenizer.get_vocab() == base_tokenizer.get_vocab()
+    assert Path(json.loads((adapter / "tuneforge.json").read_text())["base_model"]) == base
+    # and the weights trained: PEFT starts every lora_B at zero
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any("lora_B" in k for k in weights)
+    assert all(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)
 
 
 def test_qlora_trains_the_builtin_model(data, tmp_path):
