@@ -60,8 +60,8 @@ def test_drop_mode_keeps_the_good_records_and_lists_the_bad(tiny_model, tmp_path
 def test_exact_duplicates_contradictions_and_labels(tiny_model, tmp_path):
     rows = [chat(f"ticket number {i} about my invoice", "billing") for i in range(30)]
     rows += [chat(f"the app crashes on screen {i}", "technical") for i in range(30)]
-    rows += [chat("TICKET number 0   about my invoice", "billing")]  # exact duplicate after normalising
-    rows += [chat("Is this billing?", "billing"), chat("is this billing?", "technical")]  # contradiction
+    rows += [chat("  ticket number 0 about my invoice \r\n", "billing")]  # exact duplicate after normalising
+    rows += [chat("Is this billing?", "billing"), chat("Is this billing?", "technical")]  # contradiction
     report = run(tiny_model, tmp_path, [write_jsonl(tmp_path / "d.jsonl", rows)])
     assert report["duplicates"]["exact"] == 1
     assert report["contradictions"] == [[{"file": str(tmp_path / "d.jsonl"), "line": 62},

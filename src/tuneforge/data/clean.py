@@ -1,30 +1,55 @@
 """Cleaning: exact duplicates, near duplicates (MinHash + LSH), contradictions, length outliers.
 
+Exact duplicates compare the text itself, only with line endings and the
+whitespace at line ends and around the text normalised: case and inner spacing
+carry meaning in names, SQL literals and code, so records differing in them are
+kept. Near duplicates are case-insensitive.
+
 Near-duplicate detection is vectorised with NumPy so a million records take
 seconds: each record becomes a set of hashed word bigrams, 64 multiply-shift
-hash functions give its MinHash signature, and 8 bands of 8 rows find
-candidates that are then confirmed by the estimated Jaccard similarity.
+hash functions give its MinHash signature, LSH bands sized for the threshold
+(see `lsh_params`) find candidate pairs, and every candidate pair is confirmed
+by its estimated Jaccard similarity before it joins a group.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import zlib
+from functools import lru_cache
 
 import numpy as np
 
 NUM_PERM = 64
-BANDS = 8
-ROWS = NUM_PERM // BANDS
+# Pairs compared per record inside one LSH bucket. Buckets are tiny except when many
+# unrelated records share a popular min-hash value; the cap keeps those from making the
+# check quadratic. Members are sorted by further signature columns first, so records that
+# agree on more values sit next to each other, and a true pair has several bands to meet in.
+WINDOW = 32
+_PAIR_CHUNK = 1 << 18
 _MASK32 = np.uint64(0xFFFFFFFF)
 _rng = np.random.default_rng(20240531)
 _A = (_rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1))
 _B = _rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
+_TRAILING_SPACE = re.compile(r"[^\S\n]+\n")
 
 
-def norm_text(text: str) -> str:
-    """Case- and whitespace-insensitive form used by every duplicate check."""
-    return " ".join(text.casefold().split())
+def exact_text(text: str) -> str:
+    """The form exact-duplicate and contradiction checks compare: the text with CRLF/CR made
+    LF, whitespace before line ends and around the text removed; case and indentation kept."""
+    text = text.strip()
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    return text
+
+
+def near_text(text: str) -> str:
+    """Case-insensitive form for near-duplicate signatures (which split on whitespace anyway)."""
+    return text.casefold()
 
 
 def hash64(text: str) -> int:
@@ -89,28 +114,92 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def _s_curve(s: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Probability that a pair with Jaccard similarity s shares at least one band."""
+    return 1.0 - (1.0 - s**rows) ** bands
+
+
+@lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int = NUM_PERM, fn_weight: float = 0.9) -> tuple[int, int]:
+    """Bands and rows per band for a similarity threshold.
+
+    Among b*r <= num_perm whose S-curve midpoint (1/b)^(1/r) lies below the threshold, pick the
+    one minimising the weighted area of false negatives (pairs above the threshold that never
+    share a band) and false positives (pairs below it that do). False negatives weigh more:
+    a missed pair is lost for good, while a false candidate only costs one signature
+    comparison, since every candidate is confirmed."""
+    grid = np.linspace(0.0, 1.0, 1001)
+    low, high = grid[grid < threshold], grid[grid >= threshold]
+    best, best_cost = (1, num_perm), math.inf
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            if (1.0 / bands) ** (1.0 / rows) >= threshold:
+                continue
+            fp = np.trapezoid(_s_curve(low, bands, rows), low) if len(low) > 1 else 0.0
+            fn = np.trapezoid(1.0 - _s_curve(high, bands, rows), high) if len(high) > 1 else 0.0
+            cost = (1.0 - fn_weight) * fp + fn_weight * fn
+            if cost < best_cost:
+                best, best_cost = (bands, rows), cost
+    return best
+
+
+def _band_keys(block: np.ndarray) -> np.ndarray:
+    """One uint64 per row of a band (a hash when the band is wider than 64 bits; a collision
+    only adds a candidate, which the confirmation then rejects)."""
+    key = np.zeros(len(block), dtype=np.uint64)
+    for col in range(block.shape[1]):
+        key = (key ^ block[:, col].astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
+        key ^= key >> np.uint64(29)
+    return key
+
+
+def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, window: int = WINDOW) -> np.ndarray:
+    """Unique (i, j), i < j, of records that share at least one band (int64, shape [k, 2])."""
+    n, width = sigs.shape
+    found: list[np.ndarray] = []
+    for band in range(bands):
+        key = _band_keys(sigs[:, band * rows:(band + 1) * rows])
+        nxt = ((band + 1) * rows) % width
+        order = np.lexsort((sigs[:, (nxt + 1) % width], sigs[:, nxt], key))
+        sorted_key = key[order]
+        same = sorted_key[1:] == sorted_key[:-1]
+        idx = np.flatnonzero(same)
+        if idx.size == 0:
+            continue
+        run = np.concatenate(([0], np.cumsum(~same)))
+        for step in range(1, window + 1):
+            if step > 1:
+                # runs are contiguous: i and i+step share a bucket only if i and i+step-1 do
+                idx = idx[idx + step < n]
+                idx = idx[run[idx + step] == run[idx]]
+                if idx.size == 0:
+                    break
+            a, b = order[idx], order[idx + step]
+            found.append(np.stack((np.minimum(a, b), np.maximum(a, b)), axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    # one int64 per pair makes the de-duplication a 1-D sort
+    codes = np.unique(np.concatenate(found).astype(np.int64) @ np.array([n, 1], dtype=np.int64))
+    return np.stack((codes // n, codes % n), axis=1)
+
+
 def near_duplicate_groups(sigs: np.ndarray, threshold: float) -> UnionFind:
-    """Union records whose estimated Jaccard similarity is >= threshold."""
+    """Union records whose estimated Jaccard similarity is >= threshold.
+
+    Every candidate pair is confirmed on the full signatures, and groups are the connected
+    components of the confirmed pairs."""
     groups = UnionFind()
-    n = len(sigs)
+    n, width = sigs.shape
     if n < 2:
         return groups
-    for band in range(BANDS):
-        block = np.ascontiguousarray(sigs[:, band * ROWS:(band + 1) * ROWS])
-        keys = block.view(np.dtype((np.void, block.dtype.itemsize * ROWS))).ravel()
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        same = sorted_keys[1:] == sorted_keys[:-1]
-        if not same.any():
-            continue
-        # link each record to the first member of its bucket, after confirming on the full signature
-        run_start = np.concatenate(([0], np.flatnonzero(~same) + 1))
-        first = np.repeat(run_start, np.diff(np.concatenate((run_start, [n]))))
-        members = np.flatnonzero(first != np.arange(n))
-        a, b = order[first[members]], order[members]
-        similarity = (sigs[a] == sigs[b]).mean(axis=1)
-        for x, y in zip(a[similarity >= threshold].tolist(), b[similarity >= threshold].tolist()):
-            groups.union(x, y)
+    bands, rows = lsh_params(threshold, width)
+    pairs = candidate_pairs(sigs, bands, rows)
+    need = math.ceil(threshold * width - 1e-9)  # matching positions needed, in integers
+    for start in range(0, len(pairs), _PAIR_CHUNK):
+        chunk = pairs[start:start + _PAIR_CHUNK]
+        matches = (sigs[chunk[:, 0]] == sigs[chunk[:, 1]]).sum(axis=1)
+        for a, b in chunk[matches >= need].tolist():
+            groups.union(a, b)
     return groups
 
 

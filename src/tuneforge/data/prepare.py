@@ -100,13 +100,14 @@ class Collector:
         rec.chosen, rec.rejected, rec.text = (clean_text(t) if t else t for t in (rec.chosen, rec.rejected, rec.text))
 
     def _stage(self, rec: Normalised, source: int, line: int, given: int) -> None:
+        # exact keys keep case (names, SQL literals, code); near-duplicate signatures fold it
         if rec.kind == "text":
-            key_in, key_out = clean.norm_text(rec.text), ""
+            key_in, key_out = clean.exact_text(rec.text), ""
         else:
             turns = rec.messages[:-1] if rec.kind == "chat" else rec.messages
-            key_in = "\x1e".join(f"{m['role']}:{clean.norm_text(m['content'])}" for m in turns)
-            key_out = (clean.norm_text(rec.messages[-1]["content"]) if rec.kind == "chat"
-                       else clean.norm_text(rec.chosen) + "\x1f" + clean.norm_text(rec.rejected))
+            key_in = "\x1e".join(f"{m['role']}:{clean.exact_text(m['content'])}" for m in turns)
+            key_out = (clean.exact_text(rec.messages[-1]["content"]) if rec.kind == "chat"
+                       else clean.exact_text(rec.chosen) + "\x1f" + clean.exact_text(rec.rejected))
         full = clean.hash64(key_in + "\x1d" + key_out)
         if full in self.seen:
             self.exact += 1
@@ -156,7 +157,7 @@ class Collector:
             self.in_hash.append(clean.hash64(key_in) if self.kind == "chat" else 0)
             self.out_hash.append(clean.hash64(key_out) if self.kind == "chat" else 0)
             self.label.append(self._label(rec))
-            texts.append(key_in + " " + key_out)
+            texts.append(clean.near_text(key_in + " " + key_out))
             self.spool.write(json.dumps(_canonical(rec), ensure_ascii=False) + "\n")
         if texts:
             self.sigs.append(clean.signatures(texts))
