@@ -17,28 +17,42 @@ def system_prompt(intents: list[str]) -> str:
             + ", ".join(intents) + ". Answer with the intent name only.")
 
 
-def subset(folder: Path, intents: int = 10, train_per: int = 50, test_per: int = 20,
-           seed: int = 0) -> tuple[list[dict], list[dict]]:
+def splits(folder: Path, intents: int = 10, train_per: int = 50, val_per: int = 0, test_per: int = 20,
+           seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, val, test): train and val are disjoint queries from train.csv, test from test.csv.
+    The train and test draws do not depend on val_per, so figures stay comparable."""
     names = json.loads((folder / "categories.json").read_text())[:intents]
     system = system_prompt(names)
     rng = random.Random(seed)
 
-    def rows(file: str, per: int) -> list[dict]:
+    def chat(text: str, name: str) -> dict:
+        return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},
+                             {"role": "assistant", "content": name}]}
+
+    def rows(file: str, per: int, extra: int = 0) -> tuple[list[dict], list[dict]]:
         by_intent: dict[str, list[str]] = {n: [] for n in names}
         with open(folder / file, newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 if row["category"] in by_intent:
                     by_intent[row["category"]].append(row["text"].strip())
-        out = []
+        out, rest = [], []
         for name in names:
             texts = sorted(set(by_intent[name]))
             rng.shuffle(texts)
-            out += [{"messages": [{"role": "system", "content": system}, {"role": "user", "content": t},
-                                  {"role": "assistant", "content": name}]} for t in texts[:per]]
+            out += [chat(t, name) for t in texts[:per]]
+            rest += [chat(t, name) for t in texts[per:per + extra]]
         rng.shuffle(out)
-        return out
+        random.Random(seed + 1).shuffle(rest)
+        return out, rest
 
-    return rows("train.csv", train_per), rows("test.csv", test_per)
+    train, val = rows("train.csv", train_per, val_per)
+    return train, val, rows("test.csv", test_per)[0]
+
+
+def subset(folder: Path, intents: int = 10, train_per: int = 50, test_per: int = 20,
+           seed: int = 0) -> tuple[list[dict], list[dict]]:
+    train, _, test = splits(folder, intents, train_per, 0, test_per, seed)
+    return train, test
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_isa  # noqa: E402
 
 
 def main() -> None:
@@ -27,19 +29,19 @@ def main() -> None:
 
     from tuneforge.evaluate import engine
     from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.models.template import encode_prompt
     from tuneforge.train.run import bf16_supported
 
     rows = [json.loads(line) for line in (ROOT / "examples" / "support_tickets.jsonl").read_text().splitlines()]
     rows = rows[: args.examples]
     model, tokenizer = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
-    prompts = [tokenizer(tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True),
-                         add_special_tokens=False)["input_ids"] for r in rows]
+    prompts = [encode_prompt(tokenizer, r["messages"][:-1]) for r in rows]
     bf16 = bf16_supported("cpu")
     engine.generate(model, tokenizer, prompts[:4], args.max_new_tokens, 4, bf16)  # warm-up
     batched = engine.generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, bf16)
     single = engine.generate(model, tokenizer, prompts, args.max_new_tokens, 1, bf16)
     same = sum(a == b for a, b in zip(batched.texts, single.texts)) / len(prompts)
-    result = {"examples": len(prompts), "bf16": bf16, "batch_size": args.batch_size,
+    result = {"isa": cpu_isa(), "examples": len(prompts), "bf16": bf16, "batch_size": args.batch_size,
               "batched_examples_per_s": round(len(prompts) / batched.seconds, 2),
               "single_examples_per_s": round(len(prompts) / single.seconds, 2),
               "speedup": round(single.seconds / batched.seconds, 2),
