@@ -25,6 +25,7 @@ tokenizing, training, the validation evals and checkpoints, saving the adapter.
 Speed is real (non-padding) tokens of training per second of that wall time.
 `best_reference` is the faster of hf_flatten and hf_group. Every side is then scored
 by the same judge here: float32, mean cross-entropy per answer token on the test split.
+`--precision fp32` turns bf16 off on every side (a stand-in for an AVX2-only CPU).
 Prints one final JSON line; `isa` names the CPU's vector extensions.
 """
 
@@ -128,13 +129,13 @@ def run_hf(side: str, model_path: str, train_rows, val_rows, epochs: int, eval_s
             "bf16": use_bf16}
 
 
-def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, out: Path) -> dict:
+def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, bf16: bool, out: Path) -> dict:
     from tuneforge.models.tuned import load_tuned
     from tuneforge.train.config import TrainConfig
     from tuneforge.train.run import train
 
     cfg = TrainConfig(data=data_dir, out=out, method="lora", epochs=epochs, batch_size=BATCH, learning_rate=LR,
-                      warmup=WARMUP, lr_scheduler="cosine", eval_steps=eval_steps, save_steps=eval_steps,
+                      warmup=WARMUP, lr_scheduler="cosine", eval_steps=eval_steps, save_steps=eval_steps, bf16=bf16,
                       lora={"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]}, tracking=[])
     start = time.perf_counter()
     summary = train(cfg, progress=False)
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--intents", type=int, default=10)
     parser.add_argument("--per-intent", type=int, default=50)
     parser.add_argument("--references", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 where the CPU has AVX512-BF16/AMX; fp32 stands in for an AVX2-only CPU")
     parser.add_argument("--skip-rss", action="store_true")
     args = parser.parse_args()
     references = [r for r in args.references.split(",") if r]
@@ -213,13 +216,13 @@ def main() -> None:
     tokens = sum(len(e) for e in train_examples) * args.epochs  # the same real tokens on every side
     steps = math.ceil(len(train_prepared) / BATCH) * args.epochs
     eval_steps = max(1, steps // 10)
-    bf16 = bf16_supported("cpu")
+    bf16 = bf16_supported("cpu") if args.precision == "auto" else args.precision == "bf16"
     print(f"{len(train_prepared)} train / {len(val_prepared)} val / {len(test)} test, {args.epochs} epochs, "
           f"eval every {eval_steps} of {steps} steps, isa {cpu_isa()}, bf16 {bf16}", file=sys.stderr)
     load_model(model_path)  # warm the page cache so no side pays for the first read from disk
 
     sides: dict[str, dict] = {}
-    ours = run_tuneforge(data_dir, args.epochs, eval_steps, work / "tuneforge")
+    ours = run_tuneforge(data_dir, args.epochs, eval_steps, bf16, work / "tuneforge")
     sides["tuneforge"] = ours
     for side in references:
         sides[side] = run_hf(side, model_path, train_prepared, val_prepared, args.epochs, eval_steps, bf16,
@@ -240,8 +243,8 @@ def main() -> None:
                         mean_len)
     peak = matmul_peak_flops(torch.bfloat16 if bf16 else torch.float32)
     result = {
-        "isa": cpu_isa(), "bf16": bf16, "examples": len(train_prepared), "val_examples": len(val_prepared),
-        "test_examples": len(test), "epochs": args.epochs, "lora": LORA, "batch_size": BATCH,
+        "isa": cpu_isa(), "precision": "bf16" if bf16 else "fp32", "examples": len(train_prepared),
+        "val_examples": len(val_prepared), "test_examples": len(test), "epochs": args.epochs, "lora": LORA, "batch_size": BATCH,
         "sides": figures, "best_reference": best,
         "speedup_vs_best": round(sides[best]["wall_s"] / ours["wall_s"], 2) if best else None,
         "speedup_vs_seeds": (round(sides["hf_seeds"]["wall_s"] / ours["wall_s"], 2)
