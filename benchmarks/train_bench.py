@@ -115,7 +115,8 @@ def run_hf(side: str, model_path: str, train_rows, val_rows, epochs: int, eval_s
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=BATCH, per_device_eval_batch_size=16,
         num_train_epochs=epochs, learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP,
-        train_sampling_strategy="group_by_length" if side == "hf_group" else "random", eval_strategy="steps", eval_steps=eval_steps,
+        train_sampling_strategy="group_by_length" if side == "hf_group" else "random",
+        eval_strategy="steps", eval_steps=eval_steps,
         save_strategy="steps", save_steps=eval_steps, save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="eval_loss", greater_is_better=False, logging_steps=10, report_to=[],
         use_cpu=not torch.cuda.is_available(), bf16=use_bf16, seed=0, disable_tqdm=True,
@@ -244,7 +245,8 @@ def main() -> None:
     peak = matmul_peak_flops(torch.bfloat16 if bf16 else torch.float32)
     result = {
         "isa": cpu_isa(), "precision": "bf16" if bf16 else "fp32", "examples": len(train_prepared),
-        "val_examples": len(val_prepared), "test_examples": len(test), "epochs": args.epochs, "lora": LORA, "batch_size": BATCH,
+        "val_examples": len(val_prepared), "test_examples": len(test), "epochs": args.epochs, "lora": LORA,
+        "batch_size": BATCH,
         "sides": figures, "best_reference": best,
         "speedup_vs_best": round(sides[best]["wall_s"] / ours["wall_s"], 2) if best else None,
         "speedup_vs_seeds": (round(sides["hf_seeds"]["wall_s"] / ours["wall_s"], 2)
