@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -300,6 +301,9 @@ def generate(
     """Print a completion from a model or a fine-tune, to see it work."""
     from tuneforge.models.generate import complete
 
+    if not prompt.strip():  # checked before the model loads: an empty prompt has nothing to continue
+        raise TuneforgeError(Problem("empty_prompt", "the prompt is empty; pass the text to continue (or, with "
+                                     "--chat, the user's message)", "prompt"))
     out.print(complete(model, prompt, chat=chat, max_new_tokens=max_new_tokens, temperature=temperature,
                        adapter=adapter), markup=False)
 
@@ -312,6 +316,17 @@ def _report(error: TuneforgeError) -> None:
         err.print(f"... and {len(lines) - MAX_PRINTED} more problems", markup=False)
     if error.hint:
         err.print(f"hint: {error.hint}", markup=False)
+
+
+def _disk_full(exc: OSError) -> None:
+    """A full disk (or quota) is the machine's state, not a tuneforge bug: say which file, and
+    print the notes a stage added (train names the checkpoint to resume from)."""
+    what = exc.filename or "a file"
+    err.print(Problem("disk_full", f"no space left on device (writing {what}); free space and run again").line(),
+              markup=False)
+    for note in getattr(exc, "__notes__", []):
+        err.print(note, markup=False)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -327,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # the last line of defence: a bug, said plainly
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _disk_full(exc)
         if os.environ.get("TUNEFORGE_DEBUG") == "1":
             raise
         problem = Problem("internal_error", f"{type(exc).__name__}: {exc} (this is a tuneforge bug; "

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from tuneforge.train.checkpoint import (Checkpoints, atomic_save, load_trainable, rng_state, set_rng_state,
-                                        trainable_state)
+from tuneforge.train.checkpoint import (Checkpoints, atomic_save, load_state, load_trainable, rng_state,
+                                        set_rng_state, trainable_state)
 from tuneforge.train.collate import IGNORE, Batch, Example, epoch_order, packed_batch, padded_batch
 
 
@@ -201,7 +201,7 @@ def save_checkpoint(plan: Plan) -> Path | None:
 
 
 def restore_checkpoint(plan: Plan, path: Path) -> None:
-    payload = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    payload = load_state(path)  # weights_only: a checkpoint from elsewhere must not run code
     load_trainable(plan.accelerator.unwrap_model(plan.model), payload["weights"])
     plan.optimizer.load_state_dict(payload["optimizer"])
     plan.scheduler.load_state_dict(payload["scheduler"])

@@ -102,13 +102,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer, GenerationConfig, get_scheduler
 
     from tuneforge.models import resolve_model
+    from tuneforge.models.resolve import check_model
     from tuneforge.models.template import check_tokenizer
-    from tuneforge.train import loop
+    from tuneforge.train import loop, preflight
     from tuneforge.train.checkpoint import Checkpoints, load_trainable
     from tuneforge.train.collate import Encoder
     from tuneforge.train.methods import build_model, count_params
     from tuneforge.train.track import Tracker, plot_losses
 
+    # the cheap checks first: a bad --out or a broken model file fails before data or model loads
+    preflight.check_out(cfg.out)
+    check_model(cfg.model)
     train_rows, val_rows, task, sources = load_records(cfg)
     objective = cfg.objective if cfg.objective != "auto" else datasets.OBJECTIVE_FOR_TASK.get(task, "sft")
     if objective == "dpo" and cfg.method in PROMPT_METHODS:
@@ -117,7 +121,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if objective != "pretrain":
         datasets.check_objective(objective, {datasets.record_kind(r) for r in train_rows + val_rows})
     out = cfg.out
-    ckpts = Checkpoints(out / "checkpoints", cfg.save_total_limit)
+    fingerprint = preflight.fingerprint(cfg)
+    ckpts = Checkpoints(out / "checkpoints", cfg.save_total_limit, fingerprint)
     if not cfg.resume and ckpts.complete():
         raise TuneforgeError(Problem("run_exists", "this run folder has checkpoints; pass --resume to continue it "
                                      "or choose another --out", str(out)))
@@ -125,6 +130,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.resume and latest is None:
         raise TuneforgeError(Problem("no_checkpoint", "nothing to resume: no complete checkpoint here; "
                                      "run without --resume", str(out)))
+    if latest is not None:
+        preflight.check_resume(latest, fingerprint)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device.type
@@ -193,6 +200,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                                                     "gradient_checkpointing, then"), exit_code=3) from None
     except RuntimeError as exc:
         raise TuneforgeError(_resume_problem(ckpts, f"training crashed ({exc})"), exit_code=3) from None
+    except OSError as exc:
+        if exc.errno in preflight.DISK_FULL:  # the CLI reports the full disk; this adds where to resume
+            exc.add_note(_resume_problem(ckpts, "no space left on device").line())
+        raise
     finally:
         if bar:
             bar[0].stop()

@@ -4,8 +4,36 @@ configured, and loss.png at the end."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+from tuneforge.train.checkpoint import writing
+
+log = logging.getLogger(__name__)
+
+
+def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) for each readable line of metrics.jsonl. A run killed mid-write, or a full
+    disk, leaves a torn last line; it is skipped with a warning rather than breaking resume
+    or the plot (the step it logged is logged again after resume)."""
+    kept = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            log.warning("warning: %s:%d: unreadable metrics line skipped (a write was cut short)", path, number)
+            continue
+        kept.append((line, row))
+    return kept
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in _rows(path)]
 
 
 class Tracker:
@@ -18,11 +46,12 @@ class Tracker:
             return
         if resume_step is not None and self.path.exists():
             # drop what was logged after the checkpoint we resume from; it will be logged again
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line, row in _rows(self.path) if row.get("step", 0) <= resume_step]
+            with writing(self.path):
+                self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
-            self.path.write_text("")
+            with writing(self.path):
+                self.path.write_text("")
         if "tensorboard" in backends:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -42,7 +71,7 @@ class Tracker:
         if not self.enabled:
             return
         row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
-        with open(self.path, "a") as handle:
+        with writing(self.path), open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and k != "epoch"}
         for kind, writer in self.writers:
@@ -70,7 +99,7 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
