@@ -14,8 +14,10 @@ from safetensors.torch import load_file
 from tuneforge.data.config import PrepareConfig
 from tuneforge.data.prepare import prepare
 from tuneforge.errors import TuneforgeError
+from tuneforge.models.load import load_model
 from tuneforge.models.tuned import load_tuned
 from tuneforge.train.config import TrainConfig
+from tuneforge.train.methods import keep_4bit_layout
 from tuneforge.train.run import train
 
 LABELS = ["billing", "technical", "account", "other"]
@@ -49,9 +51,72 @@ def config(tiny_model, data, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "prefix", "prompt", "full"])
-def test_each_method_trains_and_loads_back(method, tiny_model, chat_data, tmp_path):
-    summary = train(config(tiny_model, chat_data, tmp_path / method, method=method), progress=False)
+@pytest.fixture(scope="module")
+def wide_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model at width 64, same tokenizer: bitsandbytes' CPU 4-bit kernels need layers
+    whose sizes are multiples of 64 (in) and 32 (out), which the 32-wide model's are not."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tiny = LlamaForCausalLM.from_pretrained(tiny_model)
+    cfg = tiny.config
+    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim = 64, 128, 16
+    torch.manual_seed(0)
+    wide = LlamaForCausalLM(cfg)
+    wide.generation_config = tiny.generation_config
+    folder = tmp_path_factory.mktemp("wide-model")
+    wide.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def exported(monkeypatch) -> dict:
+    """Catches the in-memory model `train` exports (best weights loaded), to compare with what
+    was written."""
+    from tuneforge.train import run as run_module
+
+    seen = {}
+    real = run_module._export
+
+    def export(model, *args, **kwargs):
+        seen["model"] = model
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_export", export)
+    return seen
+
+
+@torch.no_grad()
+def logits_of(model, ids: dict) -> torch.Tensor:
+    """Float32 logits at the input's positions (prompt tuning puts virtual tokens in front)."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits = model(**{k: v.to(device) for k, v in ids.items()}, use_cache=False).logits
+    return logits[:, -ids["input_ids"].shape[1]:].float().cpu()
+
+
+def reload_on_4bit_base(run: Path, base: str, device: torch.device):
+    """The QLoRA adapter on the same 4-bit base it trained with (load_tuned uses a float32 base)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, device_map={"": device})
+    keep_4bit_layout(model)  # the kernels training used (see there)
+    return PeftModel.from_pretrained(model, str(run / "adapter"))
+
+
+METHODS = ["lora", "qlora", "dora", "ia3", "prefix", "prompt", "full"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_loads_back(method, tiny_model, wide_model, chat_data, tmp_path, exported):
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    base = wide_model if method == "qlora" else tiny_model
+    # float32, so the reloaded artifact must give the trained model's logits to float32 precision
+    summary = train(config(base, chat_data, tmp_path / method, method=method, bf16=False), progress=False)
     assert summary["method"] == method and summary["steps"] == 4
     assert summary["train_tokens"] > 0 and summary["final_eval_loss"] is not None
     assert 0 < summary["trainable_params"] <= summary["total_params"]
@@ -59,11 +124,52 @@ def test_each_method_trains_and_loads_back(method, tiny_model, chat_data, tmp_pa
         assert (tmp_path / method / name).exists()
     rows = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval_loss" in rows[1]
+
+    trained = exported["model"]
     model, tokenizer = load_tuned(tmp_path / method)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "ticket: app crashes"}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    want = logits_of(trained, ids)
+    if method == "qlora":
+        device = next(trained.parameters()).device
+        reloaded = reload_on_4bit_base(tmp_path / method, base, device)
+        with reloaded.disable_adapter():
+            base_logits = logits_of(reloaded, ids)
+    else:
+        reloaded = model
+        base_logits = logits_of(load_model(base), ids)
+    got = logits_of(reloaded, ids)
+    # training changed the model (so the comparison below would catch an adapter that did not save) ...
+    assert float((want - base_logits).abs().max()) > 1e-3
+    # ... and the artifact on disk is that trained model
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
     out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_qlora_base_stays_fixed_through_evals_and_saves(wide_model):
+    """bitsandbytes repacks 4-bit weights lossily on AVX512-BF16 CPUs at the first eval-mode pass;
+    the frozen base a QLoRA run trains must be the same before and after the loop evaluates and
+    exports, or resume is not exact and the adapter does not fit the base it is loaded onto."""
+    pytest.importorskip("bitsandbytes")
+    from tuneforge.train.methods import build_model
+
+    cfg = TrainConfig(model=wide_model, data=Path("unused"), method="qlora", tracking=[])
+    model = build_model(cfg, wide_model, "cpu", bf16=False)
+    ids = torch.tensor([[1, 5, 7, 9, 11, 200, 31]])
+
+    @torch.no_grad()
+    def train_mode_logits():
+        model.train()
+        return model(input_ids=ids).logits
+
+    before = train_mode_logits()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # loop.evaluate
+    model.state_dict()  # the export
+    assert torch.equal(train_mode_logits(), before)
 
 
 def adapter_weights(run: Path) -> dict[str, torch.Tensor]:

@@ -57,6 +57,7 @@ def build_model(cfg: TrainConfig, model_path: str, device: str, bf16: bool, pack
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
+        keep_4bit_layout(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     config = peft_config(cfg, model_path)
     if config is None:
@@ -68,6 +69,17 @@ def build_model(cfg: TrainConfig, model_path: str, device: str, bf16: bool, pack
     model = get_peft_model(model, config)
     fuse_lora(model)
     return model
+
+
+def keep_4bit_layout(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU kernel. On a CPU with
+    AVX512-BF16 it does so, in place, the first time a layer runs in eval mode without grad
+    (the loop's first eval), rounding the block scales to bfloat16 (and again at every
+    state_dict): the frozen base would change mid-run, so a resumed run would not match an
+    uninterrupted one and the adapter would not have been trained on the base it loads onto."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def count_params(model) -> tuple[int, int]:
