@@ -153,7 +153,8 @@ def eval_command(
     shots: Optional[int] = typer.Option(None, help="examples shown to base-few-shot [5]"),
     task: Optional[str] = typer.Option(None, help="auto|classification|extraction|generation|sql"),
     sql_db: Optional[Path] = typer.Option(None, help="SQLite file for the sql task"),
-    limit: Optional[int] = typer.Option(None, help="evaluate the first N examples"),
+    limit: Optional[int] = typer.Option(None, help="evaluate N examples drawn with --seed (stratified by label)"),
+    seed: Optional[int] = typer.Option(None, help="seed of the --limit sample and the few-shot examples [0]"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for eval.json and the reports"),
     fail_if: Optional[str] = typer.Option(None, help='exit 1 when it holds, e.g. "tuned.accuracy < 0.9"'),
     general: bool = typer.Option(False, "--general", help="also check general knowledge (forgetting)"),
@@ -170,13 +171,9 @@ def eval_command(
     kinds = None if baselines is None else [] if baselines.strip() == "none" else [
         b.strip() for b in baselines.split(",") if b.strip()]
     values = dict(data=data, model=model, adapters=adapters or None, baselines=kinds, shots=shots, task=task,
-                  sql_db=sql_db, limit=limit, out=out_dir, fail_if=fail_if, general=general or None)
+                  sql_db=sql_db, limit=limit, seed=seed, out=out_dir, fail_if=fail_if, general=general or None)
     cfg = build_config(EvalConfig, config, overrides, values)
-    if cfg.fail_if:  # a bad expression should fail before minutes of inference, not after
-        from tuneforge.evaluate.run import ALL_METRICS, variant_names
-
-        check(cfg.fail_if, {name: dict.fromkeys(ALL_METRICS, 0.0) for name in variant_names(cfg)})
-    result = evaluate(cfg)
+    result = evaluate(cfg)  # checks --fail-if's names against the task's metrics before any inference
     _print_eval(result, cfg.out)
     if cfg.fail_if and check(cfg.fail_if, result["variants"]):
         err.print(f"fail-if holds: {cfg.fail_if}", markup=False)

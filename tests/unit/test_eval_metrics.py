@@ -134,6 +134,37 @@ def test_extraction_types_matter_but_number_formatting_does_not():
     assert got["schema_compliance"] == 1.0
 
 
+def test_extraction_of_lists_scores_each_item_as_a_field():
+    refs = ['[{"name": "Ada"}, {"name": "Alan"}]', '[{"name": "Grace"}]', "[]", '{"a": 1}']
+    preds = ['[{"name": "alan"}, {"name": "Ada"}, {"name": "Linus"}]',  # order free, one extra
+             '{"name": "Grace"}',  # an object where a list is wanted: no field matches
+             "[]",  # nothing to extract, nothing extracted
+             '[{"a": 1}]']  # a list where an object is wanted
+    got = extraction(preds, refs)
+    # tp 2 + 0 + 0 + 0; predicted 3 + 1 + 0 + 1; reference 2 + 1 + 0 + 1
+    assert got == pytest.approx({"json_valid_rate": 1.0, "exact_match": 0.25, "field_precision": 2 / 5,
+                                 "field_recall": 2 / 4, "field_f1": 4 / 9, "schema_compliance": 0.5})
+    assert example_score("extraction", "[]", "[]") == 1.0
+    assert example_score("extraction", "{}", "[]") == 0.0
+    assert example_score("extraction", '[{"name": "ada"}]', refs[0]) == pytest.approx(2 / 3)
+
+
+def test_every_metric_function_returns_exactly_its_declared_names(db):
+    from tuneforge.evaluate.run import ALL_METRICS
+
+    found = {"classification": classification(["a", None], ["a", "b"], ["a", "b"]),
+             "extraction": extraction(['{"a": 1}'], ['{"a": 1}']),
+             "generation": generation(["a b"], ["a c"]),
+             "sql": sql(["SELECT 1"], ["SELECT 1"], db)}
+    assert set(found) == set(metrics.TASKS) == set(metrics.TASK_METRICS)
+    for task, values in found.items():
+        numbers = {k for k, v in values.items() if isinstance(v, float)}
+        assert numbers == set(metrics.TASK_METRICS[task]), task
+        assert numbers <= ALL_METRICS
+    assert set(metrics.RUN_METRICS) | set(metrics.CONSTRAINED_METRICS) <= ALL_METRICS
+    assert metrics.LOWER_IS_BETTER <= ALL_METRICS
+
+
 def test_extraction_reports_references_that_are_not_json():
     with pytest.raises(TuneforgeError) as caught:
         extraction(['{"a": 1}', '{"a": 1}'], ['{"a": 1}', "not json"])
@@ -222,6 +253,47 @@ def test_sql_cannot_change_or_escape_the_database(db, tmp_path):
     assert not other.exists()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM people").fetchone() == (5,)
+
+
+def rows_of(db):
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT * FROM people ORDER BY id").fetchall()
+
+
+def test_sql_changes_compare_the_tables_they_leave(db):
+    before = rows_of(db)
+    insert = "INSERT INTO people (name, age) VALUES ('Bob', 50)"
+    update = "UPDATE people SET age = age + 1 WHERE name = 'Ada'"
+    refs = [insert, insert, insert, update, update, update, "DELETE FROM people WHERE age > 80",
+            "SELECT count(*) FROM people"]
+    preds = ["insert into people (age, name) values (50, 'Bob');",  # same rows, other column order
+             "INSERT INTO people (name, age) VALUES ('Bob', 51)",  # wrong value
+             "SELECT 'Bob', 50",  # a query where a change is wanted
+             "UPDATE people SET age = age + 1 WHERE id IN (1, 5)",  # other SQL, same effect
+             "UPDATE people SET age = age + 1 WHERE id = 1",  # one Ada missed
+             "UPDATE nope SET x = 1",  # does not run
+             "DELETE FROM people WHERE name = 'Grace'",  # same effect
+             "SELECT 5"]
+    got = sql(preds, refs, db)
+    assert [e["correct"] for e in got["per_example"]] == [True, False, False, True, False, False, True, True]
+    assert [e["executed"] for e in got["per_example"]] == [True, True, True, True, True, False, True, True]
+    assert rows_of(db) == before  # every change ran on a scratch copy and was rolled back
+
+
+def test_sql_changes_cannot_escape_the_scratch_copy(db, tmp_path):
+    before = rows_of(db)
+    preds = ["DROP TABLE people", "COMMIT", "PRAGMA journal_mode = OFF", f"ATTACH DATABASE '{tmp_path / 'x.db'}' AS x",
+             "INSERT INTO people (name, age) VALUES ('Bob', 50)"]
+    got = sql(preds, ["INSERT INTO people (name, age) VALUES ('Bob', 50)"] * len(preds), db)
+    assert [e["correct"] for e in got["per_example"]] == [False, False, False, False, True]
+    assert not (tmp_path / "x.db").exists()
+    assert rows_of(db) == before
+
+
+def test_sql_reference_change_that_fails_is_a_data_error(db):
+    with pytest.raises(TuneforgeError) as caught:
+        sql(["SELECT 1"], ["INSERT INTO nope VALUES (1)"], db)
+    assert [(p.code, p.where) for p in caught.value.problems] == [("sql_reference_error", "test example 0")]
 
 
 def test_sql_missing_or_unreadable_database(tmp_path):

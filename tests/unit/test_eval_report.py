@@ -48,6 +48,22 @@ def test_best_of_knows_which_way_is_better():
     assert best_of("accuracy", {"a": 0.5, "b": None}) == set()
 
 
+@pytest.mark.parametrize("metric", ["latency_ms_p50", "perplexity", "invalid_rate"])
+def test_lower_is_better_for_latency_perplexity_and_invalid_rate(metric):
+    assert best_of(metric, {"a": 120.0, "b": 80.5, "c": 300.0}) == {"b"}
+
+
+def test_the_html_report_marks_the_fastest_variant(tmp_path):
+    result = {"task": "generation", "n": 1, "main_metric": "rouge_l",
+              "variants": {"base": {"rouge_l": 0.2, "latency_ms_p50": 40.0, "perplexity": 9.0},
+                           "tuned": {"rouge_l": 0.4, "latency_ms_p50": 95.0, "perplexity": 3.0}}}
+    write_reports(tmp_path, result, [])
+    page = (tmp_path / "report.html").read_text()
+    assert re.search(r'<th>latency_ms_p50</th><td class="num best">40\.000</td><td class="num">95\.000</td>', page)
+    assert re.search(r'<th>perplexity</th><td class="num">9\.000</td><td class="num best">3\.000</td>', page)
+    assert "| latency_ms_p50 | **40.000** | 95.000 |" in (tmp_path / "report.md").read_text()
+
+
 def test_flips_worst_and_confusions():
     improved, regressed = flips(PREDICTIONS, "base-few-shot", "tuned")
     assert [p["index"] for p in improved] == [0, 3, 5]  # biggest gain first, then by index

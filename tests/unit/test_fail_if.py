@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluate.fail_if import check
+from tuneforge.evaluate.fail_if import check, validate
 
 VARIANTS = {
     "base": {"accuracy": 0.5, "macro_f1": 0.4, "invalid_rate": 0.2},
@@ -74,10 +74,50 @@ def test_unknown_metric_lists_the_numeric_metrics_of_that_variant():
     ("tuned.accuracy", "'tuned.accuracy' is a number where a comparison is needed"),
     ("tuned.accuracy > 0.5 and 1", "'1' is a number where a comparison is needed"),
     ("(tuned.accuracy > 0.5) + 1 > 1", "'tuned.accuracy > 0.5' is true/false where a number is needed"),
-    ("tuned.accuracy / (base.accuracy - 0.5) > 1", "division by zero in 'tuned.accuracy / (base.accuracy - 0.5)'"),
 ])
 def test_every_bad_condition_is_named(expr, fragment):
     assert fragment in problem(expr)
+    # and refused the same way before inference, from the metric names alone
+    with pytest.raises(TuneforgeError) as caught:
+        validate(expr, NAMES)
+    assert fragment in caught.value.problems[0].message
+
+
+NAMES = {name: [k for k, v in metrics.items() if isinstance(v, float)] for name, metrics in VARIANTS.items()}
+
+
+def test_validate_checks_names_without_computing():
+    validate("tuned.accuracy / base-few-shot.accuracy < 1.1", NAMES)  # no value, so no division by zero
+    validate("(tuned.accuracy - base.accuracy) / (base.accuracy - base.accuracy) > 0", NAMES)
+    with pytest.raises(TuneforgeError) as caught:
+        validate("tuned.rouge_l < 0.5", {"tuned": ["accuracy", "macro_f1"]})
+    assert caught.value.problems[0].message == ("unknown metric 'rouge_l' in 'tuned.rouge_l'; "
+                                                "metrics of tuned: accuracy, macro_f1")
+
+
+def test_division_by_zero_on_the_real_values_is_a_clear_error():
+    message = problem("tuned.accuracy / (base.accuracy - 0.5) > 1")
+    assert message.startswith("division by zero in 'tuned.accuracy / (base.accuracy - 0.5)': "
+                              "'base.accuracy - 0.5' is 0 in this evaluation")
+
+
+def _cli(monkeypatch, capsys, tmp_path, expr: str, variants: dict) -> tuple[int, str]:
+    from tuneforge import cli
+    from tuneforge.evaluate import run
+
+    monkeypatch.setattr(run, "evaluate", lambda cfg: {"task": "classification", "n": 4, "variants": variants})
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--fail-if", expr])
+    return caught.value.code, capsys.readouterr().err
+
+
+def test_the_cli_accepts_a_ratio_and_reports_a_zero_denominator(monkeypatch, capsys, tmp_path):
+    ratio = "tuned.accuracy / base-few-shot.accuracy < 1.1"
+    tuned = {"accuracy": 0.8}
+    code, _ = _cli(monkeypatch, capsys, tmp_path, ratio, {"base-few-shot": {"accuracy": 0.5}, "tuned": tuned})
+    assert code == 0
+    code, err = _cli(monkeypatch, capsys, tmp_path, ratio, {"base-few-shot": {"accuracy": 0.0}, "tuned": tuned})
+    assert code == 2 and "--fail-if: invalid_fail_if: division by zero" in err and "Traceback" not in err
 
 
 def test_a_metric_that_is_not_a_finite_number_cannot_pass_silently():

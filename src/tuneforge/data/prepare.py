@@ -14,7 +14,6 @@ each spooled record into its split file.
 from __future__ import annotations
 
 import json
-import re
 from array import array
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneforge import tasks
 from tuneforge.data import clean, pii
 from tuneforge.data.config import PrepareConfig
 from tuneforge.data.formats import Columns, Normalised, normalise
@@ -33,9 +33,6 @@ from tuneforge.data.tokens import TokenCounter
 from tuneforge.errors import Problem, TuneforgeError
 
 BATCH = 4096
-LABEL_CAP = 200
-MAX_LABEL_CHARS = 64
-_SQL = re.compile(r"^\s*(select|with|insert|update|delete)\b", re.IGNORECASE)
 
 
 class Collector:
@@ -51,8 +48,8 @@ class Collector:
         self.exact = 0
         self.seen: set[int] = set()
         self.kind = ""
-        self.labels: dict[str, int] = {}
-        self.json_outputs = self.sql_outputs = 0
+        self.tally = tasks.Tally()  # what the answers look like, for the task decision
+        self.labels = self.tally.labels
         self.pending: list[tuple] = []
         self.inflight: tuple[list[tuple], Future] | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -165,21 +162,7 @@ class Collector:
     def _label(self, rec: Normalised) -> int:
         if self.kind != "chat":
             return -1
-        output = rec.messages[-1]["content"].strip()
-        if output[:1] in "{[":
-            try:
-                json.loads(output)
-                self.json_outputs += 1
-            except ValueError:
-                pass
-        elif _SQL.match(output):
-            self.sql_outputs += 1
-        if output in self.labels:
-            return self.labels[output]
-        if len(self.labels) < LABEL_CAP and len(output) <= MAX_LABEL_CHARS:
-            self.labels[output] = len(self.labels)
-            return self.labels[output]
-        return -1
+        return self.tally.add(rec.messages[-1]["content"])
 
 
 def _canonical(rec: Normalised) -> dict[str, Any]:
@@ -192,23 +175,8 @@ def _canonical(rec: Normalised) -> dict[str, Any]:
 
 
 def detect_task(col: Collector, requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if col.kind == "text":
-        return "pretraining"
-    if col.kind == "preference":
-        return "preference"
-    n = len(col.tokens)
-    if n == 0:
-        return "generation"
-    labelled = sum(1 for x in col.label if x >= 0)
-    if labelled == n and len(col.labels) <= LABEL_CAP and len(col.labels) * 3 <= n and len(col.labels) >= 2:
-        return "classification"
-    if col.json_outputs >= 0.9 * n:
-        return "extraction"
-    if col.sql_outputs >= 0.9 * n:
-        return "sql"
-    return "generation"
+    """The same rules as eval's (tuneforge.tasks), on the counts of the first pass."""
+    return tasks.resolve(requested, col.kind, col.tally)
 
 
 def _problems(errors: list[dict[str, Any]]) -> list[Problem]:
@@ -285,6 +253,7 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
     if free.any():
         decision[free] = assign_splits(groups, strata, ratios, cfg.seed, mask=free)
 
+    warnings += tasks.warnings(task, col.tally)
     if leaks:
         warnings.append(f"{leaks} training records nearly repeat a given val/test record and were dropped")
 

@@ -21,13 +21,15 @@ class EvalConfig(Strict):
     shots: int = Field(5, ge=1, le=64, description="examples shown to base-few-shot, stratified by label")
     task: EvalTask = "auto"
     sql_db: Path | None = Field(None, description="SQLite file the sql task runs queries on (read-only)")
-    limit: int | None = Field(None, ge=1, description="evaluate the first N examples only")
+    limit: int | None = Field(None, ge=1, description="evaluate N examples drawn with `seed` (stratified by label "
+                              "for classification)")
     out: Path = Path("runs/eval")
     fail_if: str | None = Field(None, description='e.g. "tuned.accuracy < base-few-shot.accuracy + 0.05"')
     general: bool = Field(False, description="also run the general-knowledge forgetting check")
     batch_size: int = Field(16, ge=1)
     max_new_tokens: Union[int, Literal["auto"]] = Field("auto", description="auto: longest reference + 8 tokens")
-    bf16: Union[bool, Literal["auto"]] = "auto"
+    bf16: Union[bool, Literal["auto"]] = Field("auto", description="auto: where the device supports it")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
     constrained: bool = Field(True, description="classification: also pick the likeliest label (never invalid)")
     latency_samples: int = Field(8, ge=0, description="examples timed one at a time for latency")
-    seed: int = 0
+    seed: int = Field(0, description="few-shot examples and the --limit sample")

@@ -3,7 +3,8 @@ label scoring that reuses one prompt pass for every label.
 
 Prompts are left-padded so every row's answer starts at the same column; batches
 are formed from prompts of similar length and capped by a token budget, so memory
-stays bounded whatever the dataset. bf16 autocast is used where the CPU has it.
+stays bounded whatever the dataset. Inputs go to the model's device (CUDA when eval put the
+model there), and bf16 autocast is used for that device type where it has bf16.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ class Generated:
     new_tokens: int
 
 
-def _autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _autocast(bf16: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def _batches(lengths: list[int], max_batch: int) -> list[list[int]]:
@@ -46,14 +51,15 @@ def _batches(lengths: list[int], max_batch: int) -> list[list[int]]:
     return batches
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(rows: list[list[int]], pad_id: int,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)  # built on the CPU, then one copy per batch
 
 
 def stop_ids(model, tokenizer) -> list[int]:
@@ -68,9 +74,10 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
     texts: list[str | None] = [None] * len(prompts)
     stops = stop_ids(model, tokenizer)
     new_tokens, started = 0, time.perf_counter()
+    device = _device(model)
     for batch in _batches([len(p) for p in prompts], batch_size):
-        ids, mask = _left_pad([prompts[i] for i in batch], tokenizer.pad_token_id)
-        with _autocast(bf16):
+        ids, mask = _left_pad([prompts[i] for i in batch], tokenizer.pad_token_id, device)
+        with _autocast(bf16, device):
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
         for row, i in zip(out[:, ids.shape[1]:], batch):
@@ -96,14 +103,15 @@ def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], p
     """(sum of log-probs, token count) of each answer after its prompt: perplexity on references."""
     out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
     seqs = [p + a for p, a in zip(prompts, answers)]
+    device = _device(model)
     for batch in _batches([len(s) for s in seqs], batch_size):
-        ids, mask = _left_pad([seqs[i] for i in batch], pad_id)
+        ids, mask = _left_pad([seqs[i] for i in batch], pad_id, device)
         # rows are left-padded, so every answer sits in the last `tail` columns
         tail = max(len(answers[i]) for i in batch) + 1
-        with _autocast(bf16):
+        with _autocast(bf16, device):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
                            logits_to_keep=tail).logits
-        logps = F.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, -tail + 1:, None])[..., 0]
+        logps = F.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, -tail + 1:, None])[..., 0].cpu()
         for row, i in enumerate(batch):
             n = len(answers[i])
             out[i] = (float(logps[row, -n:].sum()) if n else 0.0, n)
@@ -116,9 +124,10 @@ def score_options(model, prompts: list[list[int]], options: list[list[int]], pad
     """[prompts, options] total log-probability of each option (its tokens and end marker)
     after each prompt; the prompt pass is run once and its cache reused for every option."""
     scores = torch.zeros(len(prompts), len(options))
+    device = _device(model)
     for batch in _batches([len(p) for p in prompts], batch_size):
-        ids, mask = _left_pad([prompts[i] for i in batch], pad_id)
-        with _autocast(bf16):
+        ids, mask = _left_pad([prompts[i] for i in batch], pad_id, device)
+        with _autocast(bf16, device):
             first = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
                           logits_to_keep=1)
         last = F.log_softmax(first.logits[:, -1].float(), -1)
@@ -126,15 +135,16 @@ def score_options(model, prompts: list[list[int]], options: list[list[int]], pad
         for j, option in enumerate(options):
             total = last[:, option[0]].clone()
             if len(option) > 1:
-                tail = torch.tensor(option[:-1]).expand(len(batch), -1)
+                tail = torch.tensor(option[:-1], device=device).expand(len(batch), -1)
                 ext = torch.cat([mask, torch.ones_like(tail)], dim=1)
-                pos = next_pos + torch.arange(tail.shape[1])
-                with _autocast(bf16):
+                pos = next_pos + torch.arange(tail.shape[1], device=device)
+                with _autocast(bf16, device):
                     logits = model(input_ids=tail, attention_mask=ext, position_ids=pos,
                                    cache=copy.deepcopy(first.cache), use_cache=True).logits
                 logps = F.log_softmax(logits.float(), -1)
-                total += logps.gather(-1, torch.tensor(option[1:]).expand(len(batch), -1)[..., None])[..., 0].sum(-1)
-            scores[batch, j] = total
+                wanted = torch.tensor(option[1:], device=device).expand(len(batch), -1)
+                total += logps.gather(-1, wanted[..., None])[..., 0].sum(-1)
+            scores[batch, j] = total.cpu()
         if progress:
             progress(len(batch))
     return scores

@@ -6,6 +6,10 @@
 `VARIANT.METRIC` names a number; comparisons, and/or/not, + - * / and parentheses combine them.
 The text is never given to eval(): references become placeholder names, Python's parser builds the
 tree, and a walker that knows only the nodes below computes it.
+
+`validate` runs before inference with metric names only: it walks the same tree without computing
+(so `a / b` is not refused because b is not known yet) and refuses exactly what `check` would
+refuse for any values, except a division by zero, which only the real values can show.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import operator
 import re
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 from tuneforge.errors import Problem, TuneforgeError
 
@@ -47,6 +52,7 @@ class _Expression:
     source: str
     values: dict[str, float] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)
+    static: bool = False  # names only: check the shape of the condition, compute nothing
 
     def show(self, node: ast.AST) -> str:
         """The user's own text for a node, for error messages."""
@@ -82,12 +88,17 @@ class _Expression:
             return all(results) if isinstance(node.op, ast.And) else any(results)
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
             left, right = self.number(node.left), self.number(node.right)
+            if self.static:
+                return 0.0
             if isinstance(node.op, ast.Div) and right == 0:
-                raise _error(f"division by zero in {self.show(node)!r}")
+                raise _error(f"division by zero in {self.show(node)!r}: {self.show(node.right)!r} is 0 in this "
+                             "evaluation, so the condition has no value; guard it, e.g. 'b.x > 0 and a.x / b.x < 1.1'")
             return _ARITH[type(node.op)](left, right)
         if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
             # a < b < c means a < b and b < c, as in Python
             terms = [self.number(node.left)] + [self.number(c) for c in node.comparators]
+            if self.static:
+                return True
             return all(_COMPARE[type(op)](a, b) for op, a, b in zip(node.ops, terms, terms[1:]))
         raise _error(f"{self.describe(node)} is not allowed; use VARIANT.METRIC, numbers, "
                      "< <= > >= == !=, and/or/not, + - * / and parentheses")
@@ -102,26 +113,53 @@ class _Expression:
         return repr(self.show(node))
 
 
-def _resolve(expr: str, variants: dict[str, dict[str, float]]) -> _Expression:
-    """Replace each VARIANT.METRIC by a placeholder name; check that it exists and is a number."""
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _resolve(expr: str, names: dict[str, Iterable[str]], value_of: Callable[[str, str], float],
+             static: bool = False) -> _Expression:
+    """Replace each VARIANT.METRIC by a placeholder name; check that the name exists, then take its value."""
     values: dict[str, float] = {}
     refs: dict[str, str] = {}
 
     def swap(match: re.Match) -> str:
         variant, metric = match.groups()
-        if variant not in variants:
-            raise _error(f"unknown variant {variant!r} in {match.group(0)!r}; variants: {_listing(variants)}")
-        numeric = {k for k, v in variants[variant].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if metric not in numeric:
-            raise _error(f"unknown metric {metric!r} in {match.group(0)!r}; metrics of {variant}: {_listing(numeric)}")
-        value = float(variants[variant][metric])
-        if not math.isfinite(value):  # NaN compares false with everything: the gate would never fire
-            raise _error(f"{match.group(0)} is {value}, not a finite number; it cannot be compared")
+        if variant not in names:
+            raise _error(f"unknown variant {variant!r} in {match.group(0)!r}; variants: {_listing(names)}")
+        if metric not in names[variant]:
+            raise _error(f"unknown metric {metric!r} in {match.group(0)!r}; metrics of {variant}: "
+                         f"{_listing(names[variant])}")
         name = _PLACEHOLDER.format(len(values))
-        values[name], refs[name] = value, match.group(0)
+        values[name], refs[name] = value_of(variant, metric), match.group(0)
         return name
 
-    return _Expression(_REF.sub(swap, expr).strip(), values, refs)
+    return _Expression(_REF.sub(swap, expr).strip(), values, refs, static)
+
+
+def _truth(expr: str, parsed: _Expression) -> bool:
+    try:
+        tree = ast.parse(parsed.source, mode="eval")
+    except SyntaxError as err:
+        raise _error(f"cannot parse {expr.strip()!r} ({err.msg}); "
+                     "e.g. 'tuned.accuracy < base.accuracy + 0.05'") from None
+    return parsed.truth(tree.body)
+
+
+def _not_empty(expr: str) -> None:
+    if not expr.strip():
+        raise _error("the condition is empty; e.g. 'tuned.accuracy < 0.8'")
+
+
+def validate(expr: str, metric_names: dict[str, Iterable[str]]) -> None:
+    """TuneforgeError when the condition could never be computed: bad syntax, an operator that is
+    not allowed, an unknown variant or metric, a number where a comparison belongs (or the reverse).
+
+    `metric_names` maps variant name -> the metrics it will have, e.g. {"tuned": ["accuracy", ...]}.
+    """
+    _not_empty(expr)
+    known = {variant: set(found) for variant, found in metric_names.items()}
+    _truth(expr, _resolve(expr, known, lambda variant, metric: 1.0, static=True))
 
 
 def check(expr: str, variants: dict[str, dict[str, float]]) -> bool:
@@ -129,12 +167,13 @@ def check(expr: str, variants: dict[str, dict[str, float]]) -> bool:
 
     `variants` maps variant name -> metric name -> value, e.g. {"tuned": {"accuracy": 0.91}}.
     """
-    if not expr.strip():
-        raise _error("the condition is empty; e.g. 'tuned.accuracy < 0.8'")
-    parsed = _resolve(expr, variants)
-    try:
-        tree = ast.parse(parsed.source, mode="eval")
-    except SyntaxError as err:
-        raise _error(f"cannot parse {expr.strip()!r} ({err.msg}); "
-                     "e.g. 'tuned.accuracy < base.accuracy + 0.05'") from None
-    return parsed.truth(tree.body)
+    _not_empty(expr)
+    numeric = {variant: {k for k, v in found.items() if _is_number(v)} for variant, found in variants.items()}
+
+    def value_of(variant: str, metric: str) -> float:
+        value = float(variants[variant][metric])
+        if not math.isfinite(value):  # NaN compares false with everything: the gate would never fire
+            raise _error(f"{variant}.{metric} is {value}, not a finite number; it cannot be compared")
+        return value
+
+    return _truth(expr, _resolve(expr, numeric, value_of))

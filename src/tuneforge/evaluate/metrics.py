@@ -2,8 +2,10 @@
 
 Each task function returns numbers in 0..1 keyed by metric name, so variants can be compared side
 by side and checked with --fail-if (`sql` also returns `per_example`, because running the queries
-again per example would double the cost). `example_score` gives one number per example so the
-report can sort the worst examples and find the ones that flipped between variants.
+again per example would double the cost). The names are declared on each function (`@returns`) and
+collected in TASK_METRICS, so the list that --fail-if is checked against cannot drift from the code.
+`example_score` gives one number per example so the report can sort the worst examples and find the
+ones that flipped between variants.
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ import json
 import re
 import sqlite3
 import string
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import Problem, TuneforgeError, fail
+from tuneforge.evaluate.sqlexec import Scratch, open_db, ordered, run_query, same_rows  # noqa: F401 (re-exported)
+from tuneforge.tasks import TASKS, clean_sql, parse_json_output, sql_kind  # noqa: F401 (re-exported)
+
 
 INVALID = "(invalid)"  # name of the confusion-matrix column for generations that match no label
-TASKS = ("classification", "extraction", "generation", "sql")
+# Computed in evaluate/run.py for every task / for classification; here so all names live together.
+RUN_METRICS = ("perplexity", "latency_ms_p50", "tokens_per_s", "examples_per_s")
+CONSTRAINED_METRICS = ("accuracy_constrained", "macro_f1_constrained")
+LOWER_IS_BETTER = frozenset({"invalid_rate", "perplexity", "latency_ms_p50"})
 
 _QUOTES = "\"'`“”‘’«»„"
 _EDGES = string.punctuation + _QUOTES + string.whitespace
@@ -32,6 +39,14 @@ def _ratio(num: float, den: float) -> float:
 
 def _f1(precision: float, recall: float) -> float:
     return _ratio(2 * precision * recall, precision + recall)
+
+
+def returns(*names: str):
+    """Declare the metric names a task function returns, next to the function."""
+    def mark(fn):
+        fn.metric_names = names
+        return fn
+    return mark
 
 
 def _same_length(preds: list, refs: list) -> None:
@@ -82,6 +97,7 @@ def match_label(text: str | None, labels: list[str]) -> str | None:
     return best[0] if len(best) == 1 else None
 
 
+@returns("accuracy", "macro_f1", "invalid_rate")
 def classification(preds: list[str | None], refs: list[str], labels: list[str]) -> dict[str, Any]:
     """Accuracy, macro F1, per-class scores and the confusion matrix; preds are matched labels or None.
 
@@ -117,25 +133,9 @@ def classification(preds: list[str | None], refs: list[str], labels: list[str]) 
 
 # --- extraction --------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```[ \t]*(\w*)[ \t]*\n?(.*?)\n?[ \t]*```$", re.DOTALL)
-
-
-def _unfence(text: str, language: str) -> str:
-    text = text.strip()
-    match = _FENCE.match(text)
-    if match and match.group(1).lower() in ("", language):
-        return match.group(2).strip()
-    return text
-
-
 def parse_json_object(text: str | None) -> dict | None:
     """The JSON object in `text` (surrounding whitespace and a ```json fence allowed), else None."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(_unfence(text, "json"))
-    except (ValueError, RecursionError):
-        return None
+    value = parse_json_output(text)
     return value if isinstance(value, dict) else None
 
 
@@ -152,52 +152,78 @@ def _canon(value: Any) -> Any:
     return value
 
 
-def _pairs(obj: dict | None) -> set[tuple[str, str]]:
-    """Top-level (key, value) pairs; nested values compare as a whole."""
-    if obj is None:
-        return set()
-    return {(k, json.dumps(_canon(v), sort_keys=True, ensure_ascii=False)) for k, v in obj.items()}
+def _pairs(value: dict | list | None) -> Counter:
+    """The fields of an extraction: an object's top-level (key, value) pairs, or an array's items
+    (a list of records: each item is one field, matched whole); nested values compare as a whole.
+    Array items are keyed None, which no object key can be, so an object never matches an array."""
+    if value is None:
+        return Counter()
+    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+    return Counter((k, json.dumps(_canon(v), sort_keys=True, ensure_ascii=False)) for k, v in items)
 
 
-def _reference_objects(refs: list[str]) -> list[dict]:
-    objects = [parse_json_object(r) for r in refs]
-    bad = [Problem("invalid_reference", "the reference output is not a JSON object; fix the test data",
-                   f"test example {i}") for i, obj in enumerate(objects) if obj is None]
+def _shape(value: Any) -> Any:
+    return frozenset(value) if isinstance(value, dict) else type(value).__name__
+
+
+def _complies(value: dict | list | None, ref: dict | list) -> bool:
+    """Same keys for an object; for an array, every item shaped like some reference item."""
+    if isinstance(ref, dict):
+        return isinstance(value, dict) and value.keys() == ref.keys()
+    if not isinstance(value, list):
+        return False
+    allowed = {_shape(item) for item in ref}
+    return not allowed or all(_shape(item) in allowed for item in value)
+
+
+def _reference_values(refs: list[str]) -> list[dict | list]:
+    values = [parse_json_output(r) for r in refs]
+    bad = [Problem("invalid_reference", "the reference output is not a JSON object or array; fix the test data",
+                   f"test example {i}") for i, value in enumerate(values) if value is None]
     if bad:
         raise TuneforgeError(bad)
-    return objects  # type: ignore[return-value]
+    return values  # type: ignore[return-value]
 
 
+def _matched(got: Counter, want: Counter) -> int:
+    return sum((got & want).values())
+
+
+@returns("json_valid_rate", "exact_match", "field_precision", "field_recall", "field_f1", "schema_compliance")
 def extraction(preds: list[str | None], refs: list[str]) -> dict[str, float]:
-    """JSON validity, exact match, field-level micro precision/recall/F1 and schema compliance."""
+    """JSON validity, exact match, field-level micro precision/recall/F1 and schema compliance.
+
+    A reference is a JSON object or a JSON array (see `_pairs`); a prediction counts as valid
+    JSON when it is either."""
     _same_length(preds, refs)
-    gold = _reference_objects(refs)
-    parsed = [parse_json_object(p) for p in preds]
+    gold = _reference_values(refs)
+    parsed = [parse_json_output(p) for p in preds]
     tp = n_pred = n_ref = 0
-    for obj, ref in zip(parsed, gold):
-        got, want = _pairs(obj), _pairs(ref)
-        tp, n_pred, n_ref = tp + len(got & want), n_pred + len(got), n_ref + len(want)
+    for value, ref in zip(parsed, gold):
+        got, want = _pairs(value), _pairs(ref)
+        tp, n_pred, n_ref = tp + _matched(got, want), n_pred + sum(got.values()), n_ref + sum(want.values())
     precision, recall = _ratio(tp, n_pred), _ratio(tp, n_ref)
     n = len(refs)
     return {
-        "json_valid_rate": _ratio(sum(obj is not None for obj in parsed), n),
+        "json_valid_rate": _ratio(sum(value is not None for value in parsed), n),
         # Compared as pairs, not with ==, so that true and 1 differ here as they do in the field scores.
-        "exact_match": _ratio(sum(obj is not None and _pairs(obj) == _pairs(ref)
-                                  for obj, ref in zip(parsed, gold)), n),
+        "exact_match": _ratio(sum(value is not None and type(value) is type(ref) and _pairs(value) == _pairs(ref)
+                                  for value, ref in zip(parsed, gold)), n),
         "field_precision": precision,
         "field_recall": recall,
         "field_f1": _f1(precision, recall),
-        "schema_compliance": _ratio(sum(obj is not None and obj.keys() == ref.keys()
-                                        for obj, ref in zip(parsed, gold)), n),
+        "schema_compliance": _ratio(sum(_complies(value, ref) for value, ref in zip(parsed, gold)), n),
     }
 
 
 def field_f1(pred: str | None, ref: str) -> float:
-    """Field F1 of one extraction; 1.0 exactly when the objects match, so it refines exact match."""
-    got, want = _pairs(parse_json_object(pred)), _pairs(_reference_objects([ref])[0])
+    """Field F1 of one extraction; 1.0 exactly when the values match, so it refines exact match."""
+    value, gold = parse_json_output(pred), _reference_values([ref])[0]
+    got, want = _pairs(value), _pairs(gold)
     if not got and not want:
-        return 1.0 if parse_json_object(pred) is not None else 0.0
-    return _f1(_ratio(len(got & want), len(got)), _ratio(len(got & want), len(want)))
+        return 1.0 if value is not None and type(value) is type(gold) else 0.0
+    hit = _matched(got, want)
+    return _f1(_ratio(hit, sum(got.values())), _ratio(hit, sum(want.values())))
 
 
 # --- generation --------------------------------------------------------------------------------
@@ -225,6 +251,7 @@ def _same_text(pred: str | None, ref: str) -> bool:
     return " ".join((pred or "").split()).casefold() == " ".join(ref.split()).casefold()
 
 
+@returns("rouge_l", "chrf", "exact_match")
 def generation(preds: list[str | None], refs: list[str]) -> dict[str, float]:
     """Mean ROUGE-L, corpus chrF (sacrebleu, scaled to 0..1) and whitespace/case-folded exact match."""
     _same_length(preds, refs)
@@ -244,81 +271,55 @@ def generation(preds: list[str | None], refs: list[str]) -> dict[str, float]:
 
 # --- sql ---------------------------------------------------------------------------------------
 
-def open_db(db_path: str | Path) -> sqlite3.Connection:
-    """Open the SQLite file read-only so generated SQL cannot change it; ATTACH is refused too,
-    because it would let a query create files elsewhere."""
-    path = Path(db_path)
-    if not path.is_file():
-        raise fail("sql_db_not_found", "no SQLite database file here; give the path of the .db/.sqlite file", str(path))
+def _score_change(scratch: Scratch, pred: str | None, ref: str, ref_tables: set, timeout_s: float) -> dict[str, Any]:
+    """A change is right when it leaves every table either statement touched as the reference does."""
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        pred_tables, got = scratch.effect(pred or "", ref_tables, timeout_s)
     except sqlite3.Error as err:
-        raise fail("sql_db_not_found", f"cannot read this file as a SQLite database ({err})", str(path)) from None
-
-    def authorize(action: int, *_: Any) -> int:
-        return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
-
-    conn.set_authorizer(authorize)
-    return conn
+        return {"executed": False, "correct": False, "error": str(err)}
+    want = scratch.effect(ref, pred_tables, timeout_s)[1]  # over the same tables as `got`
+    return {"executed": True, "correct": sql_kind(pred) == "change" and got == want, "error": None}
 
 
-def clean_sql(text: str | None) -> str:
-    """Strip a ```sql fence, surrounding space and trailing semicolons."""
-    return _unfence(text or "", "sql").rstrip().rstrip(";").rstrip()
-
-
-def run_query(conn: sqlite3.Connection, query: str, timeout_s: float = 5.0) -> list[tuple]:
-    """All result rows; sqlite3.Error (OperationalError "interrupted" past the time limit) on failure."""
-    deadline = time.monotonic() + timeout_s
-    # Checked every 1000 VM steps: a runaway recursive CTE is stopped within milliseconds of the limit.
-    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
-    try:
-        cursor = conn.execute(clean_sql(query))
-        if cursor.description is None:  # empty text, a comment, or a statement that is not a query
-            raise sqlite3.OperationalError("not a query: it returns no columns")
-        rows = cursor.fetchall()
-    finally:
-        conn.set_progress_handler(None, 0)
-    # Rounded so that two correct ways to compute an average do not differ in the 15th digit.
-    return [tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows]
-
-
-_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
-
-
-def same_rows(got: list[tuple], want: list[tuple], ordered: bool) -> bool:
-    return got == want if ordered else Counter(got) == Counter(want)
-
-
+@returns("exec_rate", "exec_accuracy")
 def sql(preds: list[str | None], refs: list[str], db_path: str | Path, timeout_s: float = 5.0) -> dict[str, Any]:
     """Execution rate and execution accuracy against a SQLite database, plus `per_example`.
 
-    Results compare as a multiset of rows (column order matters), in order only when the reference
-    has ORDER BY. A reference that fails to run is an error in the test data, reported, not scored.
+    A query's result compares as a multiset of rows (column order matters), in order only when the
+    reference has ORDER BY; a change (INSERT/REPLACE/UPDATE/DELETE) compares by the tables it leaves,
+    on a scratch copy (see sqlexec). The database itself is never changed. A reference that fails
+    to run is an error in the test data, reported, not scored.
     per_example: [{"executed": bool, "correct": bool, "error": str | None}] in input order.
     """
     _same_length(preds, refs)
     conn = open_db(db_path)
+    changes = [sql_kind(ref) == "change" for ref in refs]
+    scratch = Scratch(conn) if any(changes) else None
     try:
         wanted, bad = [], []
-        for i, ref in enumerate(refs):
+        for i, (ref, change) in enumerate(zip(refs, changes)):
             try:
-                wanted.append(run_query(conn, ref, timeout_s))
+                # a change keeps the tables it writes; its state is taken again next to each prediction's
+                wanted.append(scratch.effect(ref, timeout_s=timeout_s)[0] if change
+                              else run_query(conn, ref, timeout_s))
             except sqlite3.Error as err:
-                bad.append(Problem("sql_reference_error", f"the reference query fails: {err}", f"test example {i}"))
+                bad.append(Problem("sql_reference_error", f"the reference statement fails: {err}", f"test example {i}"))
         if bad:
             raise TuneforgeError(bad)
         per_example = []
-        for pred, ref, want in zip(preds, refs, wanted):
+        for pred, ref, change, want in zip(preds, refs, changes, wanted):
+            if change:
+                per_example.append(_score_change(scratch, pred, ref, want, timeout_s))
+                continue
             try:
                 got = run_query(conn, pred or "", timeout_s)
             except sqlite3.Error as err:
                 per_example.append({"executed": False, "correct": False, "error": str(err)})
                 continue
-            per_example.append({"executed": True, "correct": same_rows(got, want, bool(_ORDER_BY.search(ref))),
-                                "error": None})
+            per_example.append({"executed": True, "correct": same_rows(got, want, ordered(ref)), "error": None})
     finally:
+        if scratch is not None:
+            scratch.close()
         conn.close()
     n = len(refs)
     return {
@@ -326,6 +327,10 @@ def sql(preds: list[str | None], refs: list[str], db_path: str | Path, timeout_s
         "exec_accuracy": _ratio(sum(e["correct"] for e in per_example), n),
         "per_example": per_example,
     }
+
+
+TASK_METRICS = {"classification": classification.metric_names, "extraction": extraction.metric_names,
+                "generation": generation.metric_names, "sql": sql.metric_names}
 
 
 # --- one example -------------------------------------------------------------------------------

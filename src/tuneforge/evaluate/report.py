@@ -13,9 +13,10 @@ import html
 from pathlib import Path
 from typing import Any
 
+from tuneforge.evaluate import metrics
 from tuneforge.evaluate.metrics import INVALID
 
-LOWER_IS_BETTER = {"invalid_rate", "loss", "perplexity"}
+LOWER_IS_BETTER = metrics.LOWER_IS_BETTER | {"loss"}
 GENERAL = "general_accuracy"  # the row for the general-knowledge check
 SHOWN = 10  # examples and confusions listed per section
 CLIP = 300  # characters of an example shown; the predictions file has the whole text

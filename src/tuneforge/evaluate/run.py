@@ -5,9 +5,10 @@ the task's own metrics.
 
 Variants: `base-zero-shot` (the prompt as in training), `base-few-shot` (K solved
 training examples shown first, stratified by label) and each adapter or model given.
-Reads top to bottom: load examples, build prompts, run each variant (generation,
-label scoring, perplexity, latency), score, write eval.json, predictions.jsonl
-and the reports, then apply --fail-if.
+Reads top to bottom: the metric names, few-shot demonstrations, the variants, one
+variant's run (generation, label scoring, perplexity, latency), scoring, and writing
+eval.json, predictions.jsonl and the reports. Loading and checking the examples is in
+examples.py; --fail-if's names are checked before inference, its value after (by the CLI).
 """
 
 from __future__ import annotations
@@ -17,99 +18,30 @@ import math
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from tuneforge.errors import Problem, TuneforgeError
 from tuneforge.evaluate import metrics
 from tuneforge.evaluate.config import EvalConfig
+from tuneforge.evaluate.examples import Examples, load_examples, split_record  # noqa: F401 (Examples re-exported)
 
 MAIN_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "rouge_l",
                "sql": "exec_accuracy"}
-# every metric a variant can have, so --fail-if is checked before any inference
-ALL_METRICS = ("accuracy", "macro_f1", "invalid_rate", "accuracy_constrained", "macro_f1_constrained",
-               "json_valid_rate", "exact_match", "field_precision", "field_recall", "field_f1", "schema_compliance",
-               "rouge_l", "chrf", "exec_rate", "exec_accuracy", "perplexity", "latency_ms_p50", "tokens_per_s",
-               "examples_per_s")
 
 
-@dataclass
-class Examples:
-    task: str
-    prompts: list[list[dict]]  # messages before the answer
-    references: list[str]
-    labels: list[str]
-    train: list[dict] = field(default_factory=list)  # for few-shot
+def metric_names(task: str, cfg: EvalConfig | None = None) -> tuple[str, ...]:
+    """The numbers every variant of `task` gets (with `cfg`: only those this config measures), from the
+    names declared on the metric functions; --fail-if is checked against these before inference."""
+    names = list(metrics.TASK_METRICS[task])
+    if task == "classification" and (cfg is None or cfg.constrained):
+        names += metrics.CONSTRAINED_METRICS
+    names += [m for m in metrics.RUN_METRICS if not (m == "latency_ms_p50" and cfg and cfg.latency_samples == 0)]
+    return tuple(dict.fromkeys(names))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise TuneforgeError(Problem("invalid_json", f"{exc.msg}; eval data must be prepared chat records",
-                                         f"{path}:{number}")) from None
-    return rows
-
-
-def _split_record(rec: dict, where: str) -> tuple[list[dict], str]:
-    messages = rec.get("messages")
-    if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-        raise TuneforgeError(Problem("no_assistant_turn", "each eval record needs messages ending with the "
-                                     "assistant's reference answer; run `tuneforge prepare` on the file", where))
-    return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
-
-
-def detect_task(refs: list[str]) -> str:
-    if refs and all(metrics.parse_json_object(r) is not None for r in refs):
-        return "extraction"
-    if refs and all(r.strip().lower().startswith(("select", "with ")) for r in refs):
-        return "sql"
-    distinct = set(refs)
-    # labels repeat: on average each answer appears at least twice
-    if refs and len(distinct) <= 50 and len(distinct) <= len(refs) // 2 and max(map(len, distinct)) <= 60:
-        return "classification"
-    return "generation"
-
-
-def load_examples(cfg: EvalConfig) -> Examples:
-    data = Path(cfg.data)
-    report: dict[str, Any] = {}
-    train_rows: list[dict] = []
-    if data.is_dir():
-        if (data / "report.json").exists():
-            report = json.loads((data / "report.json").read_text())
-        test = data / "test.jsonl"
-        if not test.exists() or not test.read_text().strip():
-            test = data / "val.jsonl"
-        if not test.exists():
-            raise TuneforgeError(Problem("not_prepared", "no test.jsonl or val.jsonl here; pass a folder written by "
-                                         "`tuneforge prepare` or a JSONL file", str(data)))
-        rows = _read_jsonl(test)
-        if (data / "train.jsonl").exists():
-            train_rows = _read_jsonl(data / "train.jsonl")
-    elif data.is_file():
-        rows, test = _read_jsonl(data), data
-    else:
-        raise TuneforgeError(Problem("file_not_found", "no such file or folder", str(data)))
-    rows = rows[: cfg.limit] if cfg.limit else rows
-    if not rows:
-        raise TuneforgeError(Problem("no_examples", "nothing to evaluate", str(test)))
-    split = [_split_record(r, f"{test}:{i + 1}") for i, r in enumerate(rows)]
-    refs = [ref for _, ref in split]
-    task = cfg.task if cfg.task != "auto" else (
-        report.get("task") if report.get("task") in MAIN_METRIC else detect_task(refs))
-    labels = sorted(report.get("labels") or {}) if task == "classification" else []
-    if task == "classification":
-        labels = sorted(set(labels) | set(refs))
-    if task == "sql" and cfg.sql_db is None:
-        raise TuneforgeError(Problem("sql_db_missing", "the sql task runs queries: pass --sql-db FILE (SQLite)",
-                                     "--sql-db"))
-    return Examples(task, [p for p, _ in split], refs, labels, train_rows)
+ALL_METRICS = frozenset(name for task in MAIN_METRIC for name in metric_names(task))
 
 
 def pick_shots(ex: Examples, k: int, seed: int) -> list[tuple[str, str]]:
@@ -118,7 +50,7 @@ def pick_shots(ex: Examples, k: int, seed: int) -> list[tuple[str, str]]:
     pool = []
     for rec in ex.train:
         try:
-            prompt, answer = _split_record(rec, "train")
+            prompt, answer = split_record(rec, "train")
         except TuneforgeError:
             continue
         users = [m["content"] for m in prompt if m["role"] == "user"]
@@ -191,11 +123,14 @@ def _answer_ids(tokenizer, text: str, stop: int) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [stop]
 
 
-def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bool, progress=None) -> dict[str, Any]:
+def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bool, progress=None,
+                device: str = "cpu") -> dict[str, Any]:
     from tuneforge.evaluate import engine
     from tuneforge.models.template import turn_end_id
 
     model, tokenizer = variant.load()
+    if not getattr(model, "is_quantized", False):  # quantized weights are placed when loaded
+        model.to(device)  # in place, so a base model shared by two baselines moves once
     stop = turn_end_id(tokenizer)
     messages = [with_shots(p, shots) if variant.few_shot else p for p in ex.prompts]
     prompts = [_encode(tokenizer, m) for m in messages]
@@ -218,6 +153,10 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
     result["examples_per_s"] = round(len(prompts) / max(gen.seconds, 1e-9), 2)
     general = _general(model, tokenizer, bf16, cfg.batch_size) if cfg.general else None
     del model
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
     return {"metrics": result, "outputs": gen.texts, "scores": scored["scores"], "confusion": scored.get("confusion"),
             "general": general}
 
@@ -264,9 +203,28 @@ def score(ex: Examples, preds: list[str], cfg: EvalConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: EvalConfig, variant_list: list[Variant] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every variant; returns the eval.json content (and writes the run folder)."""
+    """Run every variant; returns the eval.json content (and writes the run folder).
+
+    What can be checked without a model is checked first (the examples, their task, the database,
+    the names in --fail-if against that task's metrics), so a mistake costs seconds, not a run."""
     ex = load_examples(cfg)
-    return assemble(cfg, ex, run_all(cfg, ex, variant_list or variants(cfg), progress))
+    variant_list = variant_list or variants(cfg)
+    if cfg.fail_if:
+        from tuneforge.evaluate.fail_if import validate
+
+        validate(cfg.fail_if, {v.name: metric_names(ex.task, cfg) for v in variant_list})
+    return assemble(cfg, ex, run_all(cfg, ex, variant_list, progress))
+
+
+def eval_device(cfg: EvalConfig) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TuneforgeError(Problem("no_cuda", "no CUDA device is available here; use --set device=cpu or auto",
+                                     "device"))
+    return cfg.device
 
 
 def run_all(cfg: EvalConfig, ex: Examples, variant_list: list[Variant], progress: bool = True) -> dict[str, Any]:
@@ -275,23 +233,26 @@ def run_all(cfg: EvalConfig, ex: Examples, variant_list: list[Variant], progress
     few = any(v.few_shot for v in variant_list)
     shots = pick_shots(ex, cfg.shots, cfg.seed) if few else []
     if few and not shots:
+        where = Path(cfg.data) / "train.jsonl" if Path(cfg.data).is_dir() else cfg.data
         raise TuneforgeError(Problem("no_shots", "few-shot needs a train split to draw examples from; pass a "
-                                     "prepared folder or --baselines zero-shot", str(cfg.data)))
-    bf16 = cfg.bf16 if cfg.bf16 != "auto" else bf16_supported("cpu")
+                                     "prepared folder or --baselines zero-shot", str(where)))
+    device = eval_device(cfg)
+    bf16 = cfg.bf16 if cfg.bf16 != "auto" else bf16_supported(device)
     runs = {}
     bar = _progress(progress)
     with bar:
         for variant in variant_list:
             task_id = bar.add_task(variant.name, total=len(ex.prompts)) if bar.enabled else None
             step = (lambda n, t=task_id: bar.update(t, advance=n)) if bar.enabled else None
-            runs[variant.name] = run_variant(variant, ex, cfg, shots, bf16, step)
+            runs[variant.name] = run_variant(variant, ex, cfg, shots, bf16, step, device)
     return runs
 
 
 def assemble(cfg: EvalConfig, ex: Examples, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from tuneforge.evaluate.report import write_reports
 
-    result: dict[str, Any] = {"task": ex.task, "n": len(ex.references), "main_metric": MAIN_METRIC[ex.task],
+    result: dict[str, Any] = {"task": ex.task, "n": len(ex.references), "data": ex.source,
+                              "main_metric": MAIN_METRIC[ex.task],
                               "variants": {name: r["metrics"] for name, r in runs.items()}}
     if ex.task == "classification":
         result["labels"] = ex.labels
