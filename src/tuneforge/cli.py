@@ -101,7 +101,7 @@ def _print_prepare(report: dict[str, Any], folder: Path) -> None:
     table.add_row("records", f"{report['records_in']} in, {report['records_out']} out")
     table.add_row("task", report["task"])
     table.add_row("splits", ", ".join(f"{k} {v}" for k, v in report["splits"].items()))
-    table.add_row("dropped bad records", str(len(report["errors"])))
+    table.add_row("dropped bad records", str(report["bad_records"]))  # records, not problems: one can have several
     table.add_row("duplicates", f"{report['duplicates']['exact']} exact removed, {report['duplicates']['near']} near")
     table.add_row("contradictions", f"{len(report['contradictions'])} groups ({report['contradiction_records']} records)")
     table.add_row("tokens", "min {min} / p50 {p50} / p95 {p95} / max {max}".format(**report["token_lengths"]))

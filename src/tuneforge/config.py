@@ -116,6 +116,50 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(current.model_fields)
 
 
+_EXPECTED = {"int_parsing": "a whole number", "int_type": "a whole number", "int_from_float": "a whole number",
+             "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+             "bool_type": "true or false", "string_type": "text", "list_type": "a list", "dict_type": "a mapping",
+             "path_type": "a path"}
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else repr(value)
+
+
+def _plain(model: type[BaseModel], path: list[str], err: dict) -> tuple[str, str]:
+    """The key and plain wording for pydantic's type errors (what is expected, what came);
+    a position inside a fixed-length tuple (`split.2: Field required`) is reported on the
+    tuple itself, with its default as the example. Other messages pass through."""
+    kind, value = err["type"], err.get("input")
+    index = int(path[-1]) if path and path[-1].isdigit() else None
+    named = path[:-1] if index is not None else path
+    info, current = None, model
+    for part in named:
+        if not part.isdigit():
+            info = (getattr(current, "model_fields", None) or {}).get(part)
+            current = _model_in(info.annotation) if info is not None else None
+    default = getattr(info, "default", None)
+    size = len(default) if isinstance(default, tuple) else 0
+    if size and (index is not None or kind in ("tuple_type", "too_short", "too_long")):
+        key, expected = ".".join(named), f"{size} values like {_shown(default)}"
+        if index is not None and kind in _EXPECTED:
+            return key, f"value {index + 1} is {value!r}, not {_EXPECTED[kind]} (expected {expected})"
+        count = f"{len(value)}: " if isinstance(value, (list, tuple)) else ""
+        return key, f"expected {expected}, got {count}{_shown(value)}"
+    key = ".".join(path)
+    if kind in ("too_short", "too_long"):
+        limit = err["ctx"]["min_length" if kind == "too_short" else "max_length"]
+        bound = f"{'at least' if kind == 'too_short' else 'at most'} {limit} item{'' if limit == 1 else 's'}"
+        return key, f"expected {bound}, got {err['ctx']['actual_length']}"
+    if kind in _EXPECTED:
+        return key, f"expected {_EXPECTED[kind]}, got {_shown(value)}"
+    if kind == "literal_error":
+        return key, f"expected {err['ctx']['expected']}, got {_shown(value)}"
+    if kind == "missing":
+        return key, "required, but not given"
+    return key, err["msg"]
+
+
 def problems_from_validation(model: type[BaseModel], exc: ValidationError, where: str) -> list[Problem]:
     problems = []
     messages: dict[str, list[str]] = {}
@@ -127,11 +171,16 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError, where
             hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
             problems.append(Problem("unknown_key", f"'{key}' is not a known key{hint}", where))
             continue
-        key = ".".join(_walk(model, loc)[0]) or "(config)"
-        for msg in err["msg"].removeprefix("Value error, ").splitlines():
+        key, plain = _plain(model, _walk(model, loc)[0], err)
+        key = key or "(config)"
+        for msg in plain.removeprefix("Value error, ").splitlines():
             if msg not in messages.setdefault(key, []):
                 messages[key].append(msg)
     for key, found in messages.items():
+        # a union field fails once per member: 'expected a whole number or 'auto', got 'x''
+        got = {m.rpartition(", got ")[2] for m in found}
+        if len(found) > 1 and len(got) == 1 and all(m.startswith("expected ") and ", got " in m for m in found):
+            found = ["expected " + " or ".join(m[9:].rpartition(", got ")[0] for m in found) + f", got {got.pop()}"]
         if key == "(config)":
             problems += [Problem("invalid_value", msg, where) for msg in found]
         else:

@@ -77,14 +77,39 @@ def detect(obj: dict[str, Any], columns: Columns) -> str | None:
     return None
 
 
+def _parts(parts: list, name: str, out: Normalised) -> str | None:
+    """OpenAI content parts: text parts are joined with newlines (as vLLM does, so words of
+    neighbouring parts never run together); every other part is a problem, each reported."""
+    texts: list[str] = []
+    ok = True
+    for i, part in enumerate(parts):
+        where = f"{name}[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            out.bad("wrong_type", f"{where} must be a content part such as {{\"type\": \"text\", \"text\": \"...\"}}")
+            ok = False
+        elif kind != "text":
+            out.bad("unsupported_content_part", f"{where} is a '{kind}' part; only text can be trained on here, so "
+                    "remove the part or describe it in a text part")
+            ok = False
+        elif not isinstance(part.get("text"), str):
+            out.bad("wrong_type", f"{where}.text must be a string")
+            ok = False
+        else:
+            texts.append(part["text"])
+    return "\n".join(texts) if ok else None
+
+
 def _text(value: Any, name: str, out: Normalised, required: bool = True) -> str | None:
     """A non-empty string field, or a problem; OpenAI content parts are joined."""
     if value is None:
         if required:
             out.bad("missing_field", f"'{name}' is missing")
         return None
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
-        value = "".join(str(p.get("text", "")) for p in value)
+    if isinstance(value, list):
+        value = _parts(value, name, out)
+        if value is None:
+            return None
     if not isinstance(value, str):
         out.bad("wrong_type", f"'{name}' must be a string, not {type(value).__name__}")
         return None
@@ -153,19 +178,21 @@ def _messages(raw: Any, out: Normalised, key: str, role_key: str, text_key: str,
         if not isinstance(msg, dict):
             out.bad("wrong_type", f"{where} must be an object, not {type(msg).__name__}")
             continue
+        # the role and the content are both checked, so one pass names every problem of the message
         role = msg.get(role_key)
+        mapped = None
         if not isinstance(role, str):
             out.bad("missing_field" if role is None else "wrong_type", f"{where}.{role_key} must be a string")
-            continue
-        mapped = (role_map or {}).get(role.lower(), role if role_map is None else None)
-        if mapped == "developer":
-            mapped = "system"
-        if mapped not in ROLES:
-            valid = ", ".join(role_map) if role_map else ", ".join(ROLES)
-            out.bad("invalid_role", f"{where}.{role_key} is '{role}'; use one of {valid}")
-            continue
+        else:
+            mapped = (role_map or {}).get(role.lower(), role if role_map is None else None)
+            if mapped == "developer":
+                mapped = "system"
+            if mapped not in ROLES:
+                valid = ", ".join(role_map) if role_map else ", ".join(ROLES)
+                out.bad("invalid_role", f"{where}.{role_key} is '{role}'; use one of {valid}")
+                mapped = None
         content = _text(msg.get(text_key), f"{where}.{text_key}", out)
-        if content is None:
+        if content is None or mapped is None:
             continue
         message = {"role": mapped, "content": content}
         if "weight" in msg:

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from tuneforge import tasks
-from tuneforge.data import clean, pii
+from tuneforge.data import clean, outdir, pii
 from tuneforge.data.config import PrepareConfig
 from tuneforge.data.formats import Columns, Normalised, normalise
-from tuneforge.data.readers import check_input, read_records
+from tuneforge.data.columns import plan_columns
+from tuneforge.data.readers import Header, check_input, read_records
 from tuneforge.data.report import render_markdown, token_stats, write_json
 from tuneforge.data.split import DROP, SPLIT_NAMES, TEST, TRAIN, VAL, assign_splits
 from tuneforge.data.tokens import TokenCounter
@@ -44,6 +45,8 @@ class Collector:
         self.sources: list[str] = []
         self.records_in = 0
         self.errors: list[dict[str, Any]] = []
+        self.mapped: dict[str, dict[str, str]] = {}  # file -> inferred input/output columns
+        self.notes: list[str] = []  # for the report's warnings
         self.pii: Counter[str] = Counter()
         self.exact = 0
         self.seen: set[int] = set()
@@ -65,12 +68,18 @@ class Collector:
     def add_file(self, path: Path, given: int) -> None:
         self.sources.append(str(path))
         source = len(self.sources) - 1
+        columns = self.columns
         for line, value in read_records(path):
+            if isinstance(value, Header):
+                columns = self._columns_for(source, line, value)
+                if columns is None:
+                    break  # the header's problem stands for every row
+                continue
             self.records_in += 1
             if isinstance(value, Problem):
                 self.error(source, line, value)
                 continue
-            rec = normalise(value, self.cfg.format, self.columns)
+            rec = normalise(value, self.cfg.format, columns)
             if rec.problems:
                 for problem in rec.problems:
                     self.error(source, line, problem)
@@ -85,6 +94,23 @@ class Collector:
                 self._redact(rec)
             self._stage(rec, source, line, given)
         self.flush(final=True)
+
+    def _columns_for(self, source: int, line: int, header: Header) -> Columns | None:
+        """Check a table's header once; None (after reporting why) when its rows cannot be read."""
+        if header.problems:
+            for problem in header.problems:
+                self.error(source, line, problem)
+            return None
+        plan = plan_columns(header.names, self.cfg.format, self.columns)
+        for problem in plan.problems:
+            self.error(source, line, problem)
+        if plan.mapped:
+            self.mapped[self.sources[source]] = plan.mapped
+            if plan.unused:
+                self.notes.append(f"{self.sources[source]}: read column '{plan.mapped['input']}' as the input and "
+                                  f"'{plan.mapped['output']}' as the output; not used: {', '.join(plan.unused)} "
+                                  "(pass --input-col/--output-col to choose)")
+        return None if plan.problems else plan.columns
 
     def _redact(self, rec: Normalised) -> None:
         def clean_text(text: str) -> str:
@@ -180,7 +206,8 @@ def detect_task(col: Collector, requested: str) -> str:
 
 
 def _problems(errors: list[dict[str, Any]]) -> list[Problem]:
-    return [Problem(e["code"], e["message"], f"{e['file']}:{e['line']}") for e in errors]
+    # line 0 is the file as a whole (a Parquet schema, an unreadable file)
+    return [Problem(e["code"], e["message"], f"{e['file']}:{e['line']}" if e["line"] else e["file"]) for e in errors]
 
 
 def prepare(cfg: PrepareConfig, progress=None) -> dict[str, Any]:
@@ -190,13 +217,17 @@ def prepare(cfg: PrepareConfig, progress=None) -> dict[str, Any]:
     missing = [problem for p, _ in files if (problem := check_input(p)) is not None]
     if missing:
         raise TuneforgeError(missing)
-    from tuneforge.models import load_tokenizer
-
-    counter = TokenCounter(load_tokenizer(cfg.model))
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    # the output folder is checked before the tokenizer loads or any input is read
+    bad_out = outdir.check_out(cfg.out, [p for p, _ in files])
+    if bad_out:
+        raise TuneforgeError(bad_out)
+    outdir.make_out(cfg.out)
     spool_path = cfg.out / ".prepare-spool.jsonl"
     try:
-        with open(spool_path, "w", encoding="utf-8") as spool:
+        from tuneforge.models import load_tokenizer
+
+        counter = TokenCounter(load_tokenizer(cfg.model))
+        with outdir.writing(spool_path), open(spool_path, "w", encoding="utf-8") as spool:
             col = Collector(cfg, counter, spool)
             for path, given in files:
                 if progress:
@@ -206,7 +237,8 @@ def prepare(cfg: PrepareConfig, progress=None) -> dict[str, Any]:
         col.errors.sort(key=lambda e: (order[e["file"]], e["line"]))
         report = _decide_and_write(cfg, col, spool_path, progress)
     finally:
-        spool_path.unlink(missing_ok=True)
+        # whatever stopped the run, no spool or half-written split is left behind
+        outdir.remove_debris(cfg.out)
     return report
 
 
@@ -271,6 +303,8 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
             warnings.append(f"labels with fewer than 10 examples: {', '.join(sorted(few)[:10])}")
 
     splits = {name: int((decision == code).sum()) for code, name in enumerate(SPLIT_NAMES)}
+    warnings += col.notes + _empty_split_warnings(splits)
+    bad_records = len({(e["file"], e["line"]) for e in col.errors})  # a record can have several problems
     report: dict[str, Any] = {
         "status": "ok",
         "records_in": col.records_in,
@@ -280,6 +314,8 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
         "model": cfg.model,
         "errors": col.errors,
         "error_counts": dict(Counter(e["code"] for e in col.errors)),
+        "bad_records": bad_records,
+        "columns": col.mapped,
         "duplicates": {"exact": col.exact, "near": near, "near_dropped": bool(cfg.drop_near_dups),
                        "leaks_dropped": leaks},
         "contradictions": contradictions,
@@ -300,13 +336,14 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
         counts = ", ".join(f"{code} {k}" for code, k in sorted(report["error_counts"].items()))
         raise TuneforgeError(
             _problems(col.errors), exit_code=2,
-            hint=f"{len(col.errors)} bad records ({counts}); fix them, or pass --on-error drop to leave them "
-                 f"out (they are listed in {cfg.out / 'report.json'})")
+            hint=f"{_plural(bad_records, 'bad record')} ({_plural(len(col.errors), 'problem')}: {counts}); fix "
+                 f"them, or pass --on-error drop to leave them out (they are listed in {cfg.out / 'report.json'})")
     if report["records_out"] == 0:
         _write_reports(cfg.out, report | {"status": "failed"}, tokens[kept])
         raise TuneforgeError(Problem("no_records", "no valid records are left; see the report", str(cfg.out)))
 
-    sample = _write_splits(cfg, col, spool_path, decision, groups, task, label_names)
+    with outdir.writing(f"the split files in {cfg.out}"):
+        sample = _write_splits(cfg, col, spool_path, decision, groups, task, label_names)
     if cfg.memorisation_check and sample:
         if progress:
             progress("memorisation check on the base model")
@@ -315,6 +352,24 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
         report["memorisation"] = memorisation(cfg.model, sample)
     _write_reports(cfg.out, report, tokens[kept])
     return report
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _empty_split_warnings(splits: dict[str, int]) -> list[str]:
+    """An empty val or test split is legal but leaves a later stage blind; say which and why."""
+    if not any(splits.values()):
+        return []
+    found = []
+    if splits["val"] == 0:
+        found.append("the val split is empty: training will have nothing held out to measure eval loss on or "
+                     "to pick the best checkpoint; add records, give val a share in --split, or pass --val FILE")
+    if splits["test"] == 0:
+        found.append("the test split is empty: `tuneforge eval` will have nothing held out to score; add records, "
+                     "give test a share in --split, or pass --test FILE")
+    return found
 
 
 def _where(col: Collector, indices) -> list[dict[str, Any]]:
@@ -379,5 +434,7 @@ def _write_splits(cfg, col, spool_path, decision, groups, task, label_names) -> 
 
 
 def _write_reports(out: Path, report: dict[str, Any], lengths: np.ndarray) -> None:
-    write_json(out / "report.json", report)
-    (out / "report.md").write_text(render_markdown(report, lengths), encoding="utf-8")
+    with outdir.writing(out / "report.json"):
+        write_json(out / "report.json", report)
+    with outdir.writing(out / "report.md"):
+        (out / "report.md").write_text(render_markdown(report, lengths), encoding="utf-8")

@@ -2,8 +2,9 @@
 
 Each reader yields `(line, value)` where value is the parsed object or a
 `Problem` for that line, so validation can list every bad line in one pass.
-JSONL and CSV stream; a `.json` array is read whole (it cannot be streamed
-without a JSON event parser) but still reports the line each element starts on.
+Tabular readers (CSV, Parquet) first yield `(line, Header)` so the caller can
+check the column names once instead of once per row. Every format streams:
+a `.json` array is parsed element by element (see `jsonarray`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,27 @@ import csv
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.jsonarray import read_json_array
+from tuneforge.data.textfile import BAD_CHAR, MARK, bad_text, encoding_of
 from tuneforge.errors import Problem
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+DELIMITERS = ",;\t|"
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class Header:
+    """The column names of a tabular file, yielded before its first row. With problems
+    (such as a name given twice) the reader yields no rows after it."""
+
+    names: tuple[str, ...]
+    problems: tuple[Problem, ...] = ()
 
 
 def _json_line(raw: bytes) -> Any:
@@ -27,6 +41,10 @@ def _json_line(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Problem("invalid_utf8", f"byte {exc.start} is not valid UTF-8; re-save the file as UTF-8")
+    return _json_text(text)
+
+
+def _json_text(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -36,58 +54,64 @@ def _json_line(raw: bytes) -> Any:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
+    encoding, problem = encoding_of(path)
+    if problem:
+        yield 1, problem
+        return
+    if encoding.startswith("utf-8"):
+        # bytes, decoded per line: fast, and a bad byte spoils only its own line
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                if not raw.strip():
+                    continue
+                yield number, _json_line(raw)
+        return
+    with open(path, encoding=encoding, errors=MARK, newline="\n") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
                 continue
-            yield number, _json_line(raw)
+            yield number, bad_text(encoding, "the line") if BAD_CHAR.search(text) else _json_text(text)
 
 
-def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+def sniff_delimiter(sample: str) -> str:
+    """The delimiter of a CSV file from its first lines, among , ; tab and |.
+
+    The header decides when only one candidate appears in it (header names rarely hold
+    punctuation); csv.Sniffer, limited to the candidates the header has, breaks ties."""
+    header = sample.split("\n", 1)[0]
+    present = [d for d in DELIMITERS if d in header]
+    if len(present) <= 1:
+        return present[0] if present else ","
+    lines = sample.split("\n")
+    whole = "\n".join(lines[:-1] if len(lines) > 1 else lines)  # the last line may be cut short
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        yield line, Problem("invalid_utf8", f"byte {exc.start} is not valid UTF-8; re-save the file as UTF-8")
-        return
-    start = len(text) - len(text.lstrip())
-    if not text[start:start + 1] == "[":
-        # A .json file that is really JSON Lines is common enough to accept.
-        yield from read_jsonl(path)
-        return
-    decoder = json.JSONDecoder()
-    pos, line, counted = start + 1, 1, 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text):
-            yield text.count("\n") + 1, Problem("invalid_json", "the JSON array is not closed with ']'")
-            return
-        if text[pos] == "]":
-            return
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            yield line, Problem("invalid_json", f"{exc.msg}; the rest of the array cannot be read")
-            return
-        except RecursionError:
-            yield line, Problem("invalid_json", "nesting is too deep; the rest of the array cannot be read")
-            return
-        yield line, value
+        return csv.Sniffer().sniff(whole, delimiters="".join(present)).delimiter
+    except csv.Error:
+        return max(present, key=header.count)
+
+
+def _duplicates(names: list[str]) -> list[Problem]:
+    where: dict[str, list[int]] = {}
+    for i, name in enumerate(names, start=1):
+        if name:  # unnamed columns (a trailing delimiter, an index column) are never read
+            where.setdefault(name, []).append(i)
+    return [Problem("duplicate_column",
+                    f"the header names column '{name}' {len(cols)} times (columns "
+                    f"{', '.join(map(str, cols))}); one would overwrite the other, so rename them")
+            for name, cols in where.items() if len(cols) > 1]
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, "r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        sample = handle.read(4096)
-        handle.seek(0)
-        if sample.startswith("\ufeff"):
-            handle.read(1)
-        reader = csv.reader(handle)
+    encoding, problem = encoding_of(path)
+    if problem:
+        yield 1, problem
+        return
+    with open(path, "r", encoding=encoding, errors=MARK, newline="") as handle:
+        delimiter = sniff_delimiter(handle.read(64 * 1024))
+    with open(path, "r", encoding=encoding, errors=MARK, newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
@@ -95,7 +119,14 @@ def read_csv(path: Path) -> Iterator[tuple[int, Any]]:
         except csv.Error as exc:
             yield 1, Problem("invalid_csv", f"{exc}; check the quoting of the header")
             return
+        if any(BAD_CHAR.search(name) for name in header):
+            yield 1, bad_text(encoding, "the header")
+            return
         header = [h.strip() for h in header]
+        problems = _duplicates(header)
+        yield 1, Header(tuple(header), tuple(problems))
+        if problems:
+            return
         line = reader.line_num + 1
         while True:
             try:
@@ -109,24 +140,17 @@ def read_csv(path: Path) -> Iterator[tuple[int, Any]]:
             if not row or all(not cell.strip() for cell in row):
                 line = reader.line_num + 1
                 continue
-            if any(_has_surrogates(cell) for cell in row):
-                yield line, Problem("invalid_utf8", "the row is not valid UTF-8; re-save the file as UTF-8")
+            if any(BAD_CHAR.search(cell) for cell in row):
+                yield line, bad_text(encoding, "the row")
             elif len(row) != len(header):
+                name = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}[delimiter]
                 yield line, Problem(
                     "wrong_column_count",
-                    f"the row has {len(row)} columns, the header has {len(header)}; check quoting and commas",
+                    f"the row has {len(row)} columns, the header has {len(header)}; check quoting and {name}",
                 )
             else:
                 yield line, dict(zip(header, row))
             line = reader.line_num + 1
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
 
 
 def read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
@@ -134,8 +158,13 @@ def read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
 
     try:
         table = pq.ParquetFile(path)
+        names = list(table.schema_arrow.names)
     except Exception as exc:
         yield 0, Problem("invalid_parquet", f"cannot read Parquet file ({type(exc).__name__})")
+        return
+    problems = _duplicates(names)
+    yield 0, Header(tuple(names), tuple(problems))
+    if problems:
         return
     row = 0
     for batch in table.iter_batches(batch_size=4096):
@@ -156,7 +185,7 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
     if suffix == ".jsonl":
         return read_jsonl(path)
     if suffix == ".json":
-        return read_json_array(path)
+        return read_json_array(path, fallback=read_jsonl)
     if suffix == ".csv":
         return read_csv(path)
     return read_parquet(path)
@@ -173,3 +202,4 @@ def check_input(path: Path) -> Problem | None:
             str(path),
         )
     return None
+
