@@ -236,13 +236,68 @@ def test_dpo_on_preference_pairs(tiny_model, tmp_path):
     assert evals[-1]["eval_loss"] < 0.6931
 
 
-def test_pretrain_on_raw_text_and_multi_task_mix(tiny_model, chat_data, tmp_path):
+def test_pretrain_on_raw_text(tiny_model, tmp_path):
     text = prepared(tiny_model, tmp_path / "text",
                     [{"text": f"Document {i}. The quick brown fox jumps over the lazy dog {i} times."}
                      for i in range(30)])
     summary = train(config(tiny_model, text, tmp_path / "pre"), progress=False)
     assert summary["objective"] == "pretrain"
-    mixed = TrainConfig(model=tiny_model, datasets=[{"path": chat_data, "weight": 3}, {"path": chat_data, "weight": 1}],
-                        out=tmp_path / "mix", max_steps=2, epochs=1, batch_size=4, tracking=[])
+
+
+def test_mix_draws_each_dataset_in_proportion_to_its_weight():
+    from tuneforge.train.data import mix
+
+    sizes, weights = {"a": 100, "b": 50, "c": 10}, {"a": 1.0, "b": 2.0, "c": 1.0}
+    parts = [([{"src": name, "i": i} for i in range(n)], weights[name]) for name, n in sizes.items()]
+    mixed = mix(parts, seed=0)
+    total = sum(sizes.values())
+    assert abs(len(mixed) - total) <= len(sizes)  # as many examples as all datasets together
+    for name in sizes:
+        share = sum(r["src"] == name for r in mixed) / len(mixed)
+        assert share == pytest.approx(weights[name] / sum(weights.values()), abs=1.5 / total), name
+    # a dataset drawn less often than it has examples is not repeated; one drawn more often is
+    a_ids = [r["i"] for r in mixed if r["src"] == "a"]
+    assert len(set(a_ids)) == len(a_ids)
+    assert set(r["i"] for r in mixed if r["src"] == "c") == set(range(10))
+    assert mix(parts, seed=0) == mixed and mix(parts, seed=1) != mixed  # seeded
+    assert [r["src"] for r in mixed[:40]].count("a") < 40  # shuffled, not one dataset after the other
+
+
+def test_multi_task_mix_keeps_the_weights_in_every_epoch(tiny_model, tmp_path, monkeypatch):
+    """Through `train`: every epoch sees the datasets in the proportions of their weights."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.train import loop
+
+    alpha = prepared(tiny_model, tmp_path / "alpha", [
+        {"messages": [{"role": "user", "content": f"alpha ticket {i}: {TOPICS[label]} (ref {i * 7})"},
+                      {"role": "assistant", "content": label}]} for i, label in enumerate(LABELS * 10)])
+    beta = prepared(tiny_model, tmp_path / "beta", [
+        {"messages": [{"role": "user", "content": f"beta case {i}: {TOPICS[label]} (id {i * 13})"},
+                      {"role": "assistant", "content": label}]} for i, label in enumerate(LABELS * 5)])
+    plans = []
+    real_run = loop.run
+
+    def run(plan):
+        plans.append(plan)
+        return real_run(plan)
+
+    monkeypatch.setattr(loop, "run", run)
+    mixed = TrainConfig(model=tiny_model, datasets=[{"path": alpha, "weight": 1}, {"path": beta, "weight": 3}],
+                        out=tmp_path / "mix", epochs=2, batch_size=4, eval_steps=1000, save_steps=1000,
+                        tracking=[])
     summary = train(mixed, progress=False)
     assert summary["objective"] == "sft" and len(summary["sources"]) == 2
+    sizes = {s["path"]: s["train"] for s in summary["sources"]}
+    assert sizes[str(alpha)] > sizes[str(beta)]  # unmixed, beta would be the smaller share, not 3 in 4
+    [plan] = plans
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    source = ["alpha" if "alpha ticket" in tokenizer.decode(ex.input_ids) else "beta" for ex in plan.train]
+    assert all(("beta case" in tokenizer.decode(ex.input_ids)) == (s == "beta") for ex, s in zip(plan.train, source))
+    assert summary["steps"] == 2 * plan.steps_per_epoch
+    for epoch in range(2):
+        steps = range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch)
+        seen = [i for step in steps for batch in loop._my_indices(plan, step, 1, 0) for i in batch]
+        assert sorted(seen) == list(range(len(plan.train)))  # each mixed example once per epoch
+        share = sum(source[i] == "beta" for i in seen) / len(seen)
+        assert share == pytest.approx(0.75, abs=0.03), epoch
