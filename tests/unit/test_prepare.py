@@ -159,10 +159,40 @@ def test_unknown_config_key_names_the_valid_ones():
     assert any("invalid_value" in line and "split" in line for line in lines)
 
 
-def test_memorisation_check_runs_on_the_model(tiny_model, tmp_path):
-    rows = [chat("a long ticket text that goes on and on " * 3 + str(i), "other") for i in range(6)]
+def _memorised_texts(model_name: str, count: int) -> list[str]:
+    """Texts the model reproduces: 16 tokens of a prompt, then the model's own greedy 16 tokens
+    (kept only where decoding and re-encoding gives the same tokens back)."""
+    import torch
+
+    from tuneforge.data.memorise import CONTINUATION, PREFIX
+    from tuneforge.models import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(model_name), load_model(model_name)
+    found: list[str] = []
+    for i in range(50):
+        ids = tokenizer(f"ticket {i}: my card was charged twice and the app crashes on login {i * 7}",
+                        add_special_tokens=False)["input_ids"][:PREFIX]
+        prompt = torch.tensor([ids])
+        with torch.inference_mode():
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 max_new_tokens=CONTINUATION, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+        full = out[0].tolist()
+        text = tokenizer.decode(full)
+        if len(full) == PREFIX + CONTINUATION and tokenizer(text, add_special_tokens=False)["input_ids"] == full:
+            found.append(text)
+        if len(found) == count:
+            return found
+    raise AssertionError("the tiny model gave too few re-encodable continuations")
+
+
+def test_memorisation_check_finds_exactly_the_memorised_records(tiny_model, tmp_path):
+    memorised = _memorised_texts(tiny_model, 3)
+    # the random tiny model cannot continue these by chance: their continuations are fixed text
+    unseen = [f"support note {i}: the refund for order {i * 13} was approved on monday and the customer "
+              f"thanked us twice, then asked about invoice {i * 31} and the delivery address" for i in range(5)]
+    rows = [{"text": t} for t in memorised + unseen]
     cfg = PrepareConfig(inputs=[write_jsonl(tmp_path / "m.jsonl", rows)], out=tmp_path / "out", model=tiny_model,
-                        memorisation_samples=4, split=(1.0, 0.0, 0.0), near_dup_threshold=1.0)
+                        memorisation_samples=len(rows), split=(1.0, 0.0, 0.0), near_dup_threshold=1.0)
     report = prepare(cfg)
-    assert report["memorisation"]["checked"] == 4
-    assert 0 <= report["memorisation"]["reproduced"] <= 4
+    assert report["memorisation"]["checked"] == len(rows)
+    assert report["memorisation"]["reproduced"] == len(memorised)
