@@ -15,10 +15,13 @@ pytestmark = pytest.mark.slow
 
 
 def tuneforge(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ) | {"HF_HUB_OFFLINE": "1"}
+    # TUNEFORGE_DEBUG=1: an internal error is re-raised with its traceback instead of being
+    # printed as one internal_error line, so "no Traceback" means no bug was hit, for failing
+    # commands too (their exit code 2 and stable code are checked by each test)
+    env = dict(os.environ) | {"HF_HUB_OFFLINE": "1", "TUNEFORGE_DEBUG": "1"}
     proc = subprocess.run([sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=900)
-    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal_error" not in proc.stderr, proc.stderr
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
