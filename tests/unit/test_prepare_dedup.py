@@ -45,7 +45,8 @@ def test_lsh_bands_follow_the_threshold(threshold):
     assert bands * rows <= clean.NUM_PERM
     # the S-curve's midpoint sits below the threshold, so pairs at the threshold are likely candidates
     assert (1 / bands) ** (1 / rows) < threshold
-    assert 1 - (1 - threshold**rows) ** bands >= 0.75
+    assert 1 - (1 - threshold**rows) ** bands >= 0.9  # a pair at the threshold is almost always a candidate
+    assert rows >= 3 or threshold < 0.5  # fewer rows would make loosely similar texts candidates
 
 
 def test_lower_thresholds_use_more_bands_of_fewer_rows():
