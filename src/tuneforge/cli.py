@@ -113,8 +113,10 @@ def _print_prepare(report: dict[str, Any], folder: Path) -> None:
     if mem.get("checked"):
         table.add_row("memorisation", f"{mem['reproduced']}/{mem['checked']} reproduced by the base model")
     out.print(table)
-    for warning in report["warnings"]:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+    from rich.markup import escape
+
+    for warning in report["warnings"]:  # escaped: warnings quote headers such as [text, label]
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     out.print(f"report: {folder / 'report.md'}")
 
 

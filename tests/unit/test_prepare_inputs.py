@@ -168,6 +168,21 @@ def test_unusable_header_is_one_line_with_the_flags_to_use(tiny_model, tmp_path)
     assert len(caught.value.problems) == 1
     assert caught.value.problems[0].code == "unknown_columns"
     assert "--input-col foo --output-col bar" in caught.value.problems[0].message
+    # a header problem is the file's, not a record's: no 'bad records', no '--on-error drop' advice
+    assert caught.value.hint == f"1 file cannot be read as given: {path}"
+
+
+def test_drop_mode_skips_an_unreadable_table_and_says_so(tiny_model, tmp_path, capsys, quiet_env):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo,bar\n" + "".join(f"a {i},b\n" for i in range(30)), encoding="utf-8")
+    good = tmp_path / "good.csv"
+    good.write_text("input,output\n" + "".join(f"question {i},answer {i}\n" for i in range(30)), encoding="utf-8")
+    code, err = run_cli(["prepare", str(bad), str(good), "--out", str(tmp_path / "out"), "--model", tiny_model,
+                         "--no-memorisation-check", "--on-error", "drop"], capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["records_out"] == 30 and report["bad_records"] == 0
+    assert f"warning: {bad} was not read: the header [foo, bar] matches no known format" in err
 
 
 def test_utf16_csv_with_bom_is_read(tiny_model, tmp_path):
@@ -176,6 +191,15 @@ def test_utf16_csv_with_bom_is_read(tiny_model, tmp_path):
     report = prepare(config([path], tmp_path / "out", tiny_model, split=(1.0, 0.0, 0.0)))
     assert report["records_out"] == 30
     assert "caf\u00e9 0" in (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8")
+
+
+def test_utf16_without_bom_is_one_problem_for_the_file(tiny_model, tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes("".join(json.dumps(chat(f"q {i}", "a")) + "\n" for i in range(20)).encode("utf-16-le"))
+    with pytest.raises(TuneforgeError) as caught:
+        prepare(config([path], tmp_path / "out", tiny_model))
+    assert [p.line().split(": ")[:2] for p in caught.value.problems] == [[str(path), "unsupported_encoding"]]
+    assert caught.value.hint == f"1 file cannot be read as given: {path}"
 
 
 # --- content parts, every bad message (10) -------------------------------------------------

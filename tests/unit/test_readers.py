@@ -120,7 +120,7 @@ def test_utf16_without_a_byte_order_mark_is_named(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes('{"text": "hi"}\n'.encode("utf-16-le"))
     got = rows(path)
-    assert codes(got) == [(1, "unsupported_encoding")]
+    assert codes(got) == [(0, "unsupported_encoding")]
     assert "UTF-16" in got[0][1].message and "UTF-8" in got[0][1].message
 
 

@@ -71,7 +71,7 @@ def read_json_array(path: Path, fallback: Callable[[Path], Iterator[tuple[int, A
                     chunk: int = CHUNK) -> Iterator[tuple[int, Any]]:
     encoding, problem = encoding_of(path)
     if problem:
-        yield 1, problem
+        yield 0, problem  # line 0: the whole file
         return
     with open(path, "rb") as handle:
         buf = _Buffer(handle, encoding, chunk)

@@ -61,9 +61,9 @@ class Collector:
         self.given = array("B")
         self.sigs: list[np.ndarray] = []
 
-    def error(self, source: int, line: int, problem: Problem) -> None:
+    def error(self, source: int, line: int, problem: Problem, whole_file: bool = False) -> None:
         self.errors.append({"file": self.sources[source], "line": line, "code": problem.code,
-                            "message": problem.message})
+                            "message": problem.message, **({"whole_file": True} if whole_file else {})})
 
     def add_file(self, path: Path, given: int) -> None:
         self.sources.append(str(path))
@@ -75,6 +75,9 @@ class Collector:
                 if columns is None:
                     break  # the header's problem stands for every row
                 continue
+            if isinstance(value, Problem) and line == 0:  # line 0: the file as a whole cannot be read
+                self._unreadable(source, line, [value])
+                break
             self.records_in += 1
             if isinstance(value, Problem):
                 self.error(source, line, value)
@@ -97,20 +100,23 @@ class Collector:
 
     def _columns_for(self, source: int, line: int, header: Header) -> Columns | None:
         """Check a table's header once; None (after reporting why) when its rows cannot be read."""
-        if header.problems:
-            for problem in header.problems:
-                self.error(source, line, problem)
+        plan = None if header.problems else plan_columns(header.names, self.cfg.format, self.columns)
+        problems = list(header.problems) if plan is None else plan.problems
+        if plan is None or problems:
+            self._unreadable(source, line, problems)
             return None
-        plan = plan_columns(header.names, self.cfg.format, self.columns)
-        for problem in plan.problems:
-            self.error(source, line, problem)
         if plan.mapped:
             self.mapped[self.sources[source]] = plan.mapped
             if plan.unused:
                 self.notes.append(f"{self.sources[source]}: read column '{plan.mapped['input']}' as the input and "
                                   f"'{plan.mapped['output']}' as the output; not used: {', '.join(plan.unused)} "
                                   "(pass --input-col/--output-col to choose)")
-        return None if plan.problems else plan.columns
+        return plan.columns
+
+    def _unreadable(self, source: int, line: int, problems: list[Problem]) -> None:
+        for problem in problems:
+            self.error(source, line, problem, whole_file=True)
+            self.notes.append(f"{self.sources[source]} was not read: {problem.message}")
 
     def _redact(self, rec: Normalised) -> None:
         def clean_text(text: str) -> str:
@@ -304,7 +310,8 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
 
     splits = {name: int((decision == code).sum()) for code, name in enumerate(SPLIT_NAMES)}
     warnings += col.notes + _empty_split_warnings(splits)
-    bad_records = len({(e["file"], e["line"]) for e in col.errors})  # a record can have several problems
+    # a record can have several problems; a header problem stands for a whole file, not a record
+    bad_records = len({(e["file"], e["line"]) for e in col.errors if "whole_file" not in e})
     report: dict[str, Any] = {
         "status": "ok",
         "records_in": col.records_in,
@@ -333,11 +340,7 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
     if col.errors and cfg.on_error == "fail":
         report.update(status="failed", records_out=0, splits={k: 0 for k in SPLIT_NAMES})
         _write_reports(cfg.out, report, tokens[kept])
-        counts = ", ".join(f"{code} {k}" for code, k in sorted(report["error_counts"].items()))
-        raise TuneforgeError(
-            _problems(col.errors), exit_code=2,
-            hint=f"{_plural(bad_records, 'bad record')} ({_plural(len(col.errors), 'problem')}: {counts}); fix "
-                 f"them, or pass --on-error drop to leave them out (they are listed in {cfg.out / 'report.json'})")
+        raise TuneforgeError(_problems(col.errors), exit_code=2, hint=_fail_hint(col.errors, bad_records, cfg.out))
     if report["records_out"] == 0:
         _write_reports(cfg.out, report | {"status": "failed"}, tokens[kept])
         raise TuneforgeError(Problem("no_records", "no valid records are left; see the report", str(cfg.out)))
@@ -352,6 +355,19 @@ def _decide_and_write(cfg: PrepareConfig, col: Collector, spool_path: Path, prog
         report["memorisation"] = memorisation(cfg.model, sample)
     _write_reports(cfg.out, report, tokens[kept])
     return report
+
+
+def _fail_hint(errors: list[dict[str, Any]], bad_records: int, out: Path) -> str:
+    per_record = [e for e in errors if "whole_file" not in e]
+    hints = []
+    if per_record:
+        counts = ", ".join(f"{code} {k}" for code, k in sorted(Counter(e["code"] for e in per_record).items()))
+        hints.append(f"{_plural(bad_records, 'bad record')} ({_plural(len(per_record), 'problem')}: {counts}); "
+                     f"fix them, or pass --on-error drop to leave them out (they are listed in {out / 'report.json'})")
+    files = sorted({e["file"] for e in errors if "whole_file" in e})
+    if files:
+        hints.append(f"{_plural(len(files), 'file')} cannot be read as given: {', '.join(files)}")
+    return "; ".join(hints)
 
 
 def _plural(n: int, noun: str) -> str:

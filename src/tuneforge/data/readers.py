@@ -56,7 +56,7 @@ def _json_text(text: str) -> Any:
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     encoding, problem = encoding_of(path)
     if problem:
-        yield 1, problem
+        yield 0, problem  # line 0: the whole file
         return
     if encoding.startswith("utf-8"):
         # bytes, decoded per line: fast, and a bad byte spoils only its own line
@@ -106,7 +106,7 @@ def _duplicates(names: list[str]) -> list[Problem]:
 def read_csv(path: Path) -> Iterator[tuple[int, Any]]:
     encoding, problem = encoding_of(path)
     if problem:
-        yield 1, problem
+        yield 0, problem  # line 0: the whole file
         return
     with open(path, "r", encoding=encoding, errors=MARK, newline="") as handle:
         delimiter = sniff_delimiter(handle.read(64 * 1024))
