@@ -86,6 +86,17 @@ def test_unwritable_out_is_refused_first(tmp_path, monkeypatch):
     assert codes(caught) == ["out_not_writable"]
 
 
+def test_a_failed_run_leaves_no_empty_folder_behind(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [chat("q", "a")])
+    with pytest.raises(TuneforgeError):
+        prepare(config([data], tmp_path / "new" / "out", NO_MODEL))  # the model cannot load
+    assert not (tmp_path / "new" / "out").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(TuneforgeError):
+        prepare(config([data], tmp_path / "kept", NO_MODEL))
+    assert (tmp_path / "kept").is_dir()  # the user's folder stays
+
+
 class _FullDisk:
     """A text file whose writes fail with ENOSPC once `limit` characters are written."""
 
@@ -119,6 +130,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_debris(tiny_model, tmp_path, m
 
     monkeypatch.setattr(prepare_module, "open", filling_open, raising=False)
     out = tmp_path / "out"
+    out.mkdir()  # the user's folder: kept, so what is left in it can be checked
     with pytest.raises(TuneforgeError) as caught:
         prepare(config([data], out, tiny_model, split=(0.8, 0.1, 0.1)))
     assert codes(caught) == ["disk_full"]

@@ -227,6 +227,7 @@ def prepare(cfg: PrepareConfig, progress=None) -> dict[str, Any]:
     bad_out = outdir.check_out(cfg.out, [p for p, _ in files])
     if bad_out:
         raise TuneforgeError(bad_out)
+    created = not cfg.out.exists()
     outdir.make_out(cfg.out)
     spool_path = cfg.out / ".prepare-spool.jsonl"
     try:
@@ -243,8 +244,11 @@ def prepare(cfg: PrepareConfig, progress=None) -> dict[str, Any]:
         col.errors.sort(key=lambda e: (order[e["file"]], e["line"]))
         report = _decide_and_write(cfg, col, spool_path, progress)
     finally:
-        # whatever stopped the run, no spool or half-written split is left behind
+        # whatever stopped the run, no spool or half-written split is left behind, nor a
+        # folder this run created and never wrote to (the model failed to load, say)
         outdir.remove_debris(cfg.out)
+        if created and not any(cfg.out.iterdir()):
+            cfg.out.rmdir()
     return report
 
 
