@@ -33,14 +33,28 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file; flags a
 SetOpt = typer.Option([], "--set", help="override a config key, e.g. --set seed=1 (repeatable)")
 
 
+# Library warnings that fire on every run of some command and that users can do nothing about,
+# as (category, message regex, regex of the module the warning is attributed to). Only these are
+# hidden: any other warning, ours or a library's, still shows.
+QUIET_WARNINGS = [
+    # transformers 5 renamed gradient checkpointing; PEFT and accelerate still call the old names
+    (FutureWarning, r"`(is_)?gradient_checkpointing\w*` is deprecated", r"transformers\."),
+    # prefix tuning: PEFT passes past_key_values, deprecated in transformers 5 (attributed to the module call)
+    (FutureWarning, r"(`past_key_values` is deprecated|Both `past_key_values` and `cache` are set)",
+     r"(torch|transformers|peft)\."),
+    # prompt tuning: PEFT drops the position ids every causal LM call passes
+    (UserWarning, r"Position ids are not supported for parameter efficient tuning", r"peft\."),
+]
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import warnings
 
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    for category, message, module in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     # bitsandbytes warns on import that an optional hub kernel is missing; we never fetch it
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 

@@ -87,6 +87,10 @@ def test_train_bad_inputs(run_cli, tiny_model, chat_data, tmp_path):
                                "--method", "prefix", "--set", "packing=true", *common), "unknown_key")
     assert_user_error(*run_cli("train", "--data", chat_data, "--out", tmp_path / "e", "--bogus-flag", *common),
                       "--bogus-flag")
+    # PEFT refuses it once the model is loaded (a ValueError, so an internal_error, until the config check)
+    code, stderr = run_cli("train", "--data", chat_data, "--out", tmp_path / "f", "--method", "prefix",
+                           "--set", "gradient_checkpointing=true", *common)
+    assert_user_error(code, stderr, "invalid_value", "gradient_checkpointing does not work with method prefix")
 
 
 def test_model_and_artifact_errors(run_cli, tmp_path):
@@ -127,3 +131,97 @@ def test_control_an_internal_error_is_seen(run_cli, monkeypatch, capsys, tmp_pat
     stderr = capsys.readouterr().err
     assert done.value.code == 1 and "internal_error" in stderr
     assert "Traceback" not in stderr  # which is why "no Traceback" alone proved nothing
+
+
+# ---------------------------------------------------------------- warnings
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """The CLI's warning filters over "show every warning"; yields the warnings that get through."""
+    import warnings
+
+    for key in ("TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(key, raising=False)  # _quiet_libraries sets them; put them back after
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli._quiet_libraries()
+        yield caught
+
+
+def warn_from(module: str, message: str, category: type[Warning]) -> None:
+    """A warning as if raised by `module` (filters match the module a warning is attributed to)."""
+    import warnings
+
+    warnings.warn_explicit(message, category, f"{module.replace('.', '/')}.py", 1, module=module)
+
+
+def test_only_the_listed_library_warnings_are_hidden(shown):
+    listed = [
+        ("transformers.modeling_utils", "`is_gradient_checkpointing` is deprecated and will be removed in v6. "
+         "Use `is_activation_checkpointing` instead.", FutureWarning),
+        ("transformers.modeling_utils", "`gradient_checkpointing_enable` is deprecated and will be removed in v6.",
+         FutureWarning),
+        ("torch.nn.modules.module", "`past_key_values` is deprecated and will be removed in version 5.40.0 for "
+         "`LlamaForCausalLM.forward`. Use `cache` instead.", FutureWarning),
+        ("peft.peft_model", "Position ids are not supported for parameter efficient tuning. Ignoring position ids.",
+         UserWarning),
+    ]
+    for module, message, category in listed:
+        warn_from(module, message, category)
+    assert [str(w.message) for w in shown] == []
+    others = [
+        ("transformers.tokenization_utils_base", "the tokenizer has no pad token", UserWarning),
+        ("transformers.modeling_utils", "`something_else` is deprecated and will be removed in v6.", FutureWarning),
+        ("peft.tuners.lora.model", "Already found a `peft_config` attribute in the model.", UserWarning),
+        ("tuneforge.train.run", "Position ids are not supported for parameter efficient tuning.", UserWarning),
+        ("accelerate.utils", "`past_key_values` is deprecated", FutureWarning),
+    ]
+    for module, message, category in others:
+        warn_from(module, message, category)
+    assert [str(w.message) for w in shown] == [message for _, message, _ in others]
+
+
+def test_a_warning_inside_a_command_is_printed(tmp_path):
+    """Through the real entry point: a warning no one listed reaches stderr; a listed one does not."""
+    code = """if True:
+        import warnings
+        from tuneforge import cli
+        from tuneforge.train import run
+
+        def fake_train(cfg):
+            warnings.warn("the chat template renders no end-of-turn token", UserWarning)
+            warnings.warn_explicit("`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+                                   FutureWarning, "transformers/modeling_utils.py", 1,
+                                   module="transformers.modeling_utils")
+            return {}
+
+        run.train = fake_train
+        cli.main(["train", "--data", "unused", "--out", "unused"])
+    """
+    env = dict(os.environ) | {"HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "UserWarning: the chat template renders no end-of-turn token" in proc.stderr
+    assert "is_gradient_checkpointing" not in proc.stderr
+
+
+@pytest.mark.parametrize("method, extra", [("prefix", []), ("prompt", ["--set", "gradient_checkpointing=true"])])
+def test_training_through_the_cli_shows_no_known_library_noise(method, extra, tiny_model, chat_data, tmp_path,
+                                                                shown, monkeypatch):
+    """The list is current: the warnings these commands fire with this torch/transformers/peft are
+    all covered (prefix tuning, gradient checkpointing and prompt tuning fire all of them)."""
+    monkeypatch.setenv("TUNEFORGE_DEBUG", "1")
+    with pytest.raises(SystemExit) as done:
+        cli.main(["train", "--data", str(chat_data), "--model", tiny_model, "--out", str(tmp_path / method),
+                  "--method", method, "--max-steps", "2", "--set", "tracking=[]", "--set", "eval_steps=1",
+                  "--set", "batch_size=2", *extra])
+    assert done.value.code == 0
+    with pytest.raises(SystemExit) as done:  # generation with the virtual tokens
+        cli.main(["generate", "--adapter", str(tmp_path / method), "--chat", "hello", "--max-new-tokens", "2"])
+    assert done.value.code == 0
+    noise = [f"{w.category.__name__}: {w.message} ({w.filename})" for w in shown
+             if issubclass(w.category, (UserWarning, FutureWarning))]
+    assert noise == []

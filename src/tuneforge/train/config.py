@@ -97,6 +97,9 @@ class TrainConfig(Strict):
             problems.append("method qlora needs bitsandbytes: pip install bitsandbytes")
         if method in PROMPT_METHODS and packing is True:
             problems.append(f"packing does not work with method {method} (virtual tokens); set packing: false")
+        if method == "prefix" and get("gradient_checkpointing"):
+            problems.append("gradient_checkpointing does not work with method prefix (PEFT's prefix cache); "
+                            "set gradient_checkpointing: false")
         if objective == "dpo" and method in PROMPT_METHODS:
             problems.append(f"objective dpo is not supported with method {method}; use lora or full")
         warmup, lr = get("warmup", "auto"), get("learning_rate", "auto")
