@@ -174,8 +174,8 @@ def examples(tiny_model):
     chats = [("How do I reset my password?", "account"),
              ("The app crashes when I open the camera view.", "technical"),
              ("I was charged twice for my subscription this month.", "billing refund")]
-    return [enc.chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}]) for u, a in chats], \
-        tokenizer.pad_token_id
+    examples = [enc.chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}]) for u, a in chats]
+    return examples, tokenizer.pad_token_id
 
 
 def tiny_lora(tiny_model: str, bf16: bool, packing: bool, fused: bool, monkeypatch):
