@@ -53,7 +53,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model, data, tmp_p
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "adapter").exists(), "the run finished before it could be killed; make it longer"
-    again = subprocess.run(cli(*train_args(tiny_model, data, run)), capture_output=True, text=True)
+    # debug mode shows the traceback of an internal error, so its absence means the refusal is a user error
+    again = subprocess.run(cli(*train_args(tiny_model, data, run)), capture_output=True, text=True,
+                           env={**os.environ, "TUNEFORGE_DEBUG": "1"})
     assert again.returncode == 2 and "run_exists" in again.stderr and "Traceback" not in again.stderr
     resumed = subprocess.run(cli(*train_args(tiny_model, data, run, "--resume")), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
