@@ -63,3 +63,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     if os.environ.get("TUNEFORGE_TEST_REAL_HOME") != "1":
         monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path_factory.getbasetemp() / "tuneforge-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def quiet_env(monkeypatch):
+    """cli.main sets these with setdefault; set them here so each test that runs it restores them."""
+    for key, value in (("TOKENIZERS_PARALLELISM", "true"), ("TRANSFORMERS_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        monkeypatch.setenv(key, value)

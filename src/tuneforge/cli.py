@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -17,7 +16,9 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from tuneforge import outdir
 from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.outdir import DISK_FULL
 
 app = typer.Typer(
     help="tuneforge: prepare data, fine-tune, evaluate and serve small language models.",
@@ -332,13 +333,8 @@ def _report(error: TuneforgeError) -> None:
 
 
 def _disk_full(exc: OSError) -> None:
-    """A full disk (or quota) is the machine's state, not a tuneforge bug: say which file, and
-    print the notes a stage added (train names the checkpoint to resume from)."""
-    what = exc.filename or "a file"
-    err.print(Problem("disk_full", f"no space left on device (writing {what}); free space and run again").line(),
-              markup=False)
-    for note in getattr(exc, "__notes__", []):
-        err.print(note, markup=False)
+    """A full disk (or quota) is the machine's state, not a tuneforge bug: say which file."""
+    err.print(outdir.disk_full(exc.filename or "a file").line(), markup=False)
     sys.exit(2)
 
 
@@ -355,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # the last line of defence: a bug, said plainly
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             _disk_full(exc)
         if os.environ.get("TUNEFORGE_DEBUG") == "1":
             raise

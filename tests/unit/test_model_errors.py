@@ -14,14 +14,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.train.config import TrainConfig
 from tuneforge.train.run import train
 
-
-@pytest.fixture(autouse=True)
-def quiet_env(monkeypatch):
-    """cli.main sets these with setdefault; set them here so each test restores them."""
-    for key, value in (("TOKENIZERS_PARALLELISM", "true"), ("TRANSFORMERS_VERBOSITY", "error"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
-        monkeypatch.setenv(key, value)
-
+pytestmark = pytest.mark.usefixtures("quiet_env")
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as caught:

@@ -80,7 +80,7 @@ def test_unwritable_out_is_refused_first(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     # root may write anywhere, so the refusal is simulated where the folder is probed
-    monkeypatch.setattr("tuneforge.data.outdir.tempfile.TemporaryFile", denied)
+    monkeypatch.setattr("tuneforge.outdir.tempfile.TemporaryFile", denied)
     with pytest.raises(TuneforgeError) as caught:
         prepare(config([data], tmp_path / "out", NO_MODEL))
     assert codes(caught) == ["out_not_writable"]
@@ -278,14 +278,6 @@ def test_no_warning_when_both_held_out_splits_have_records(tiny_model, tmp_path)
 
 
 # --- through the CLI -------------------------------------------------------------------------
-
-@pytest.fixture
-def quiet_env(monkeypatch):
-    """cli.main sets these with setdefault; set them here so each test restores them."""
-    for key, value in (("TOKENIZERS_PARALLELISM", "true"), ("TRANSFORMERS_VERBOSITY", "error"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
-        monkeypatch.setenv(key, value)
-
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as caught:

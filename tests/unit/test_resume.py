@@ -20,6 +20,7 @@ from tuneforge import cli
 from tuneforge.data.config import PrepareConfig
 from tuneforge.data.prepare import prepare
 from tuneforge.errors import TuneforgeError
+from tuneforge.outdir import disk_full
 from tuneforge.train import checkpoint
 from tuneforge.train.checkpoint import Checkpoints, rng_state, set_rng_state
 from tuneforge.train.config import TrainConfig
@@ -179,14 +180,6 @@ def test_loss_plot_ignores_a_torn_last_line(tmp_path, caplog):
 # ---------------------------------------------------------------- full disk
 
 
-@pytest.fixture()
-def quiet_env(monkeypatch):
-    """cli.main sets these with setdefault; set them here so the test restores them."""
-    for key, value in (("TOKENIZERS_PARALLELISM", "true"), ("TRANSFORMERS_VERBOSITY", "error"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
-        monkeypatch.setenv(key, value)
-
-
 def run_cli(args: list[str]) -> int:
     with pytest.raises(SystemExit) as caught:
         cli.main(args)
@@ -243,9 +236,9 @@ def test_a_full_disk_while_saving_a_checkpoint_names_the_file_and_leaves_nothing
         return str(path)
 
     monkeypatch.setattr(checkpoint.tempfile, "mkdtemp", mkdtemp)
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(TuneforgeError) as caught:
         Checkpoints(folder, keep=2).save(2, {"weights": {"w": torch.zeros(100_000)}})
-    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(made[0] / "state.pt")
+    assert caught.value.problems[0] == disk_full(made[0] / "state.pt")
     assert list(folder.iterdir()) == []
 
 

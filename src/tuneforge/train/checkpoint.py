@@ -16,14 +16,14 @@ import random
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.outdir import writing
 
 PREFIX = "step-"
 FINGERPRINT = "fingerprint.json"
@@ -62,18 +62,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Name the file in OSErrors raised while writing it: a failed write() (disk full) has
-    no filename, and the CLI's disk_full message should say which file it was."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
 
 
 def _save(obj: Any, path: Path) -> None:

@@ -3,13 +3,12 @@ resumed run still has the config and data its checkpoint was trained on."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tuneforge import outdir
 from tuneforge.errors import Problem, TuneforgeError
 from tuneforge.train.checkpoint import FINGERPRINT
 from tuneforge.train.config import TrainConfig
@@ -20,34 +19,14 @@ from tuneforge.train.config import TrainConfig
 # too; what they hold is compared by content hash instead.
 NOT_FINGERPRINTED = {"out", "resume", "tracking", "save_steps", "save_total_limit", "compile", "data", "datasets"}
 DATA_FILES = ("train.jsonl", "val.jsonl")
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _UNSET = object()
 
 
 def check_out(out: Path) -> None:
     """The run folder must be a folder we can write in; say so before minutes of loading."""
-    problem = None
-    try:
-        if out.exists() and not out.is_dir():
-            problem = Problem("out_not_a_folder", "this is a file, not a folder; choose another --out", str(out))
-        else:
-            parent = out
-            while not parent.exists() and parent != parent.parent:
-                parent = parent.parent
-            if not parent.is_dir():
-                problem = Problem("out_not_a_folder", f"{parent} is a file, so no folder can be made under it; "
-                                  "choose another --out", str(out))
-            else:
-                # a real write, not os.access: access() ignores read-only mounts and says yes to root
-                with tempfile.TemporaryFile(dir=parent):
-                    pass
-    except OSError as exc:
-        if exc.errno in DISK_FULL:
-            raise
-        problem = Problem("out_not_writable", f"cannot write here ({exc.strerror or exc}); choose a folder you "
-                          "can write to with --out, or fix its permissions", str(out))
-    if problem:
-        raise TuneforgeError(problem)
+    problems = outdir.check_out(out)
+    if problems:
+        raise TuneforgeError(problems)
 
 
 def _sha256(path: Path) -> str:

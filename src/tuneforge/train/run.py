@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.outdir import DISK_FULL, disk_full
 from tuneforge.train import data as datasets
 from tuneforge.train.config import PROMPT_METHODS, TrainConfig
 
@@ -200,10 +201,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                                                     "gradient_checkpointing, then"), exit_code=3) from None
     except RuntimeError as exc:
         raise TuneforgeError(_resume_problem(ckpts, f"training crashed ({exc})"), exit_code=3) from None
-    except OSError as exc:
-        if exc.errno in preflight.DISK_FULL:  # the CLI reports the full disk; this adds where to resume
-            exc.add_note(_resume_problem(ckpts, "no space left on device").line())
+    except TuneforgeError as exc:
+        if exc.problems[0].code == "disk_full":  # add where to resume
+            exc.problems.append(_resume_problem(ckpts, "no space left on device"))
         raise
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise TuneforgeError([disk_full(exc.filename or out), _resume_problem(ckpts, "no space left on device")])
     finally:
         if bar:
             bar[0].stop()

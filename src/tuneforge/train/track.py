@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tuneforge.train.checkpoint import writing
+from tuneforge.outdir import writing
 
 log = logging.getLogger(__name__)
 
