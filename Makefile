@@ -30,7 +30,7 @@ integration: install
 
 # about an hour on 2 cores; the train and quality benchmarks read ../shared/data
 bench: install
-	$(BIN)/python benchmarks/prepare_bench.py --records 1000000
+	$(BIN)/python benchmarks/prepare_bench.py --records 200000
 	$(BIN)/python benchmarks/train_bench.py --data ../shared/data/banking77
 	$(BIN)/python benchmarks/eval_bench.py
 	$(BIN)/python benchmarks/quality_bench.py --data ../shared/data/banking77
