@@ -3,6 +3,8 @@
     tuneforge models
     tuneforge generate --model smollm2-135m --chat "Hello"
     tuneforge prepare data.jsonl --out data/prepared
+    tuneforge serve --model smollm2-135m --adapter tickets=runs/lora
+    tuneforge logs export --out corrected.jsonl
 """
 
 from __future__ import annotations
@@ -320,6 +322,98 @@ def generate(
                                      "--chat, the user's message)", "prompt"))
     out.print(complete(model, prompt, chat=chat, max_new_tokens=max_new_tokens, temperature=temperature,
                        adapter=adapter), markup=False)
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, help="base model [smollm2-135m]"),
+    adapter: list[str] = typer.Option([], help="NAME=RUN_DIR loaded at start; repeatable"),
+    config: Optional[Path] = ConfigOpt,
+    host: Optional[str] = typer.Option(None, help="bind address [127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, help="port [8000]"),
+    api_key: list[str] = typer.Option([], help="a key clients must send (hashed at once); repeatable"),
+    admin_key: Optional[str] = typer.Option(None, help="key for /v1/adapters, /v1/routes, /admin/reload"),
+    models_dir: Optional[Path] = typer.Option(None, help="folder run-time adapter loads are confined to"),
+    backend: Optional[str] = typer.Option(None, help="tuneforge|vllm [tuneforge]"),
+    log_db: Optional[Path] = typer.Option(None, help="SQLite request log [$TUNEFORGE_HOME/serve/log.db]"),
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Serve a base model and its adapters over OpenAI's API (chat, completions, models)."""
+    from tuneforge.serve.config import load_serve_config
+    from tuneforge.serve.runner import serve as run_serve
+
+    values = dict(model=model, adapters=_named_adapters(adapter) or None, host=host, port=port,
+                  models_dir=models_dir, backend=backend, log_db=log_db)
+
+    def load():
+        return load_serve_config(config, overrides, values, api_key, admin_key)
+
+    run_serve(load(), reload=load if config else None, say=lambda line: err.print(line, markup=False))
+
+
+logs_app = typer.Typer(help="the serve request log: export training data, read an A/B test", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+DbOpt = typer.Option(None, "--db", help="the server's request log [$TUNEFORGE_HOME/serve/log.db]")
+
+
+@logs_app.command("export")
+def logs_export(
+    out_file: Path = typer.Option(..., "--out", "-o", help="JSONL file to write"),
+    db: Optional[Path] = DbOpt,
+    min_score: Optional[float] = typer.Option(None, help="also export answers whose feedback score is at least this"),
+) -> None:
+    """Corrected (and, with --min-score, well-scored) chats as training JSONL, ready for `tuneforge prepare`."""
+    from tuneforge.serve.config import default_log_db
+    from tuneforge.serve.log import export
+
+    counts = export(db or default_log_db(), out_file, min_score)
+    out.print(f"wrote {counts['written']} chats to {out_file} ({counts['corrected']} corrected, "
+              f"{counts['scored']} by score; {counts['skipped_not_chat']} /v1/completions answers skipped)",
+              markup=False)
+
+
+@logs_app.command("stats")
+def logs_stats(
+    db: Optional[Path] = DbOpt,
+    control: Optional[str] = typer.Option(None, help="variant the others are compared with [the busiest]"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Per route and variant: volume, errors, latency p50/p95, feedback; variants vs control (Welch t-test)."""
+    import json
+
+    from tuneforge.serve.abtest import stats
+    from tuneforge.serve.config import default_log_db
+
+    result = stats(db or default_log_db(), control)
+    if as_json:
+        out.print(json.dumps(result, indent=2), markup=False)
+        return
+    _print_stats(result)
+
+
+def _print_stats(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    def num(value, fmt="{:.0f}"):
+        return "-" if value is None else fmt.format(value)
+
+    table = Table(title="requests by route and variant")
+    for col in ("route", "variant", "requests", "errors", "p50 ms", "p95 ms", "tokens", "feedback", "mean score"):
+        table.add_column(col, justify="left" if col in ("route", "variant") else "right")
+    for v in result["variants"]:
+        table.add_row(v["route"], v["variant"], str(v["requests"]), str(v["errors"]), num(v["p50_ms"]),
+                      num(v["p95_ms"]), str(v["completion_tokens"]), str(v["feedback"]),
+                      num(v["mean_score"], "{:.3f}"))
+    out.print(table)
+    if result["comparisons"]:
+        tests = Table(title=f"feedback vs control (Welch t-test, alpha {result['alpha']})")
+        for col in ("route", "control", "variant", "diff", "t", "df", "p", "verdict"):
+            tests.add_column(col)
+        for c in result["comparisons"]:
+            tests.add_row(c["route"], c["control"], c["variant"], num(c.get("diff"), "{:+.3f}"),
+                          num(c.get("t"), "{:.2f}"), num(c.get("df"), "{:.1f}"), num(c.get("p"), "{:.4f}"),
+                          c["verdict"])
+        out.print(tests)
 
 
 def _report(error: TuneforgeError) -> None:
