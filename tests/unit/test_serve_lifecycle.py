@@ -5,6 +5,7 @@ abandoned with 504; a shutdown lets in-flight requests finish while new ones get
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import urllib.error
@@ -112,7 +113,7 @@ def test_shutdown_finishes_in_flight_requests_and_refuses_new_ones(tokenizer, tm
         thread = threading.Thread(target=in_flight)
         thread.start()
         wait_for(lambda: len(engine.active) == 1, what="the in-flight request")
-        live.server.begin_drain()
+        live.server.handle_exit(signal.SIGTERM, None)  # what the SIGTERM handler runs
         with pytest.raises(openai.InternalServerError) as caught:
             live.client().chat.completions.create(model=BASE, messages=ASK)
         assert caught.value.status_code == 503 and caught.value.code == "shutting_down"

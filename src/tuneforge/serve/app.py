@@ -14,7 +14,6 @@ pass a fake one.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -33,8 +32,6 @@ from tuneforge.serve.generate import Call, Choice, Target
 from tuneforge.serve.log import Interaction, InteractionLog
 from tuneforge.serve.metrics import Metrics
 from tuneforge.serve.rollout import Rollout
-
-log = logging.getLogger("tuneforge.serve")
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-"}
