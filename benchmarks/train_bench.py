@@ -24,7 +24,8 @@ Time is the wall time of the whole training call on every side: loading the mode
 tokenizing, training, the validation evals and checkpoints, saving the adapter.
 Speed is real (non-padding) tokens of training per second of that wall time.
 `best_reference` is the faster of hf_flatten and hf_group. Every side is then scored
-by the same judge here: float32, mean cross-entropy per answer token on the test split.
+by the same judge here: its saved best adapter on the same float32 base model, mean
+cross-entropy per answer token on the test split.
 `--precision fp32` turns bf16 off on every side (a stand-in for an AVX2-only CPU).
 Prints one final JSON line; `isa` names the CPU's vector extensions.
 """
@@ -78,7 +79,7 @@ def judge_loss(model, examples, pad_id: int) -> float:
     """Mean cross-entropy per answer token, float32, padded batches: the same judge for all."""
     from tuneforge.train.collate import IGNORE, padded_batch
 
-    model.float().eval()
+    model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), 16):
         batch = padded_batch(examples[start:start + 16], pad_id)
@@ -126,12 +127,11 @@ def run_hf(side: str, model_path: str, train_rows, val_rows, epochs: int, eval_s
     result = trainer.train()
     trainer.save_model(str(out / "adapter"))
     wall = time.perf_counter() - start
-    return {"model": trainer.model, "wall_s": wall, "loop_s": result.metrics["train_runtime"],
+    return {"adapter": out / "adapter", "wall_s": wall, "loop_s": result.metrics["train_runtime"],
             "bf16": use_bf16}
 
 
 def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, bf16: bool, out: Path) -> dict:
-    from tuneforge.models.tuned import load_tuned
     from tuneforge.train.config import TrainConfig
     from tuneforge.train.run import train
 
@@ -141,8 +141,7 @@ def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, bf16: bool, out:
     start = time.perf_counter()
     summary = train(cfg, progress=False)
     wall = time.perf_counter() - start
-    model, _ = load_tuned(out)
-    return {"model": model, "wall_s": wall, "loop_s": summary["train_seconds"],
+    return {"adapter": out / "adapter", "wall_s": wall, "loop_s": summary["train_seconds"],
             "bf16": summary["settings"]["bf16"], "summary": summary}
 
 
@@ -191,6 +190,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown reference {', '.join(sorted(unknown))}; choose from {', '.join(SIDES)}")
 
+    from peft import PeftModel
     from transformers import AutoTokenizer
 
     from tuneforge.data.config import PrepareConfig
@@ -231,7 +231,9 @@ def main() -> None:
     pad = tokenizer.pad_token_id or tokenizer.eos_token_id
     figures = {}
     for name, side in sides.items():
-        side["judge_loss"] = judge_loss(side.pop("model"), test, pad)
+        # every side's saved (best) adapter on the same float32 base, so precision cannot tilt the judge
+        model = PeftModel.from_pretrained(load_model(model_path), str(side["adapter"]))
+        side["judge_loss"] = judge_loss(model, test, pad)
         figures[name] = {"tokens_per_s": round(tokens / side["wall_s"], 1), "wall_s": round(side["wall_s"], 1),
                          "train_loop_s": round(side["loop_s"], 1), "bf16": side["bf16"],
                          "test_loss": round(side["judge_loss"], 4)}

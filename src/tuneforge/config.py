@@ -126,6 +126,10 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else repr(value)
 
 
+_BOUNDS = {"greater_than": ("above", "gt"), "greater_than_equal": ("of at least", "ge"),
+           "less_than": ("below", "lt"), "less_than_equal": ("of at most", "le")}
+
+
 def _plain(model: type[BaseModel], path: list[str], err: dict) -> tuple[str, str]:
     """The key and plain wording for pydantic's type errors (what is expected, what came);
     a position inside a fixed-length tuple (`split.2: Field required`) is reported on the
@@ -157,6 +161,9 @@ def _plain(model: type[BaseModel], path: list[str], err: dict) -> tuple[str, str
         return key, f"expected {err['ctx']['expected']}, got {_shown(value)}"
     if kind == "missing":
         return key, "required, but not given"
+    if kind in _BOUNDS:
+        words, bound = _BOUNDS[kind]
+        return key, f"expected a number {words} {_shown(err['ctx'][bound])}, got {_shown(value)}"
     return key, err["msg"]
 
 

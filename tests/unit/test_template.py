@@ -128,3 +128,23 @@ def test_the_token_count_falls_back_where_the_shortcut_is_wrong(tiny_model, tmp_
     counter = TokenCounter(tokenizer)
     conversations = CONVERSATIONS[2:3] + [c * 4 for c in CONVERSATIONS[:2]]
     assert counter.count_chats(conversations) == _real_counts(tokenizer, conversations)
+
+
+def test_eval_refuses_a_tokenizer_that_cannot_end_an_answer_before_any_model_loads(tiny_model, tmp_path,
+                                                                                   monkeypatch):
+    path = _copy_model(tiny_model, tmp_path / "bare", chat_template=None)
+    config = json.loads((tmp_path / "bare" / "tokenizer_config.json").read_text())
+    for key in ("eos_token", "pad_token"):
+        config.pop(key, None)
+    (tmp_path / "bare" / "tokenizer_config.json").write_text(json.dumps(config))
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}) + "\n")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the tokenizer was checked")
+
+    monkeypatch.setattr("tuneforge.models.load_model", no_model)
+    with pytest.raises(TuneforgeError) as caught:
+        evaluate(EvalConfig(data=data, model=path, baselines=["zero-shot"], out=tmp_path / "eval"), progress=False)
+    assert caught.value.problems[0].code == "no_end_token"

@@ -244,7 +244,7 @@ def test_bad_overrides_are_reported_with_the_flag():
 def test_overrides_are_validated_like_the_file():
     found = problems(path=EXAMPLES / "train-lora.yaml", overrides=["lora.rr=8", "lora.r=0"])
     assert any("unknown_key: 'lora.rr'" in line for line in found)
-    assert any("invalid_value: lora.r: Input should be greater than or equal to 1" in line for line in found)
+    assert any("invalid_value: lora.r: expected a number of at least 1, got 0" in line for line in found)
 
 
 # ---------------------------------------------------------------- auto values
@@ -314,3 +314,16 @@ def test_auto_settings_of_the_examples():
     assert settings("train-full.yaml")["learning_rate"] == 2e-5
     assert settings("train-pretrain.yaml")["max_seq_len"] == 1024
     assert settings("train-prefix.yaml")["packing"] is False and settings("train-prompt.yaml")["packing"] is False
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "batch_size: expected a number of at least 1, got 0"),
+    ("lora.dropout=1", "lora.dropout: expected a number below 1.0, got 1"),
+    ("lora.alpha=0", "lora.alpha: expected a number above 0.0, got 0"),
+])
+def test_range_errors_are_plain_words_not_pydantic(override, message):
+    from tuneforge.config import build_config
+
+    with pytest.raises(TuneforgeError) as caught:
+        build_config(TrainConfig, overrides=[override, "data=runs/data"])
+    assert [p.message for p in caught.value.problems] == [message]

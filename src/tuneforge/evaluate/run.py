@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tuneforge import outdir
 from tuneforge.errors import Problem, TuneforgeError
 from tuneforge.evaluate import metrics
 from tuneforge.evaluate.config import EvalConfig
@@ -206,14 +207,32 @@ def evaluate(cfg: EvalConfig, variant_list: list[Variant] | None = None, progres
     """Run every variant; returns the eval.json content (and writes the run folder).
 
     What can be checked without a model is checked first (the examples, their task, the database,
-    the names in --fail-if against that task's metrics), so a mistake costs seconds, not a run."""
+    the names in --fail-if against that task's metrics, the output folder, and that each model's
+    tokenizer can mark where an answer ends), so a mistake costs seconds, not a run."""
+    problems = outdir.check_out(Path(cfg.out))
+    if problems:
+        raise TuneforgeError(problems)
     ex = load_examples(cfg)
     variant_list = variant_list or variants(cfg)
+    _check_tokenizers(cfg)
     if cfg.fail_if:
         from tuneforge.evaluate.fail_if import validate
 
         validate(cfg.fail_if, {v.name: metric_names(ex.task, cfg) for v in variant_list})
     return assemble(cfg, ex, run_all(cfg, ex, variant_list, progress))
+
+
+def _check_tokenizers(cfg: EvalConfig) -> None:
+    from transformers import AutoTokenizer
+
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.template import check_tokenizer
+    from tuneforge.models.tuned import artifact_dir
+
+    if cfg.baselines:
+        check_tokenizer(load_tokenizer(cfg.model), cfg.model)
+    for name, path in cfg.adapters.items():
+        check_tokenizer(AutoTokenizer.from_pretrained(str(artifact_dir(Path(path)))), f"{name}={path}")
 
 
 def eval_device(cfg: EvalConfig) -> str:

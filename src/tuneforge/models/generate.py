@@ -10,13 +10,14 @@ def complete(model_name: str, prompt: str, chat: bool = False, max_new_tokens: i
     import torch
 
     from tuneforge.models import load_model, load_tokenizer
-    from tuneforge.models.template import encode_prompt, stop_ids
+    from tuneforge.models.template import check_tokenizer, encode_prompt, stop_ids
     from tuneforge.models.tuned import load_tuned
 
     if adapter is not None:
         model, tokenizer = load_tuned(adapter)
     else:
         tokenizer, model = load_tokenizer(model_name), load_model(model_name)
+    check_tokenizer(tokenizer, str(adapter or model_name))
     if chat:
         ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": prompt}])])
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

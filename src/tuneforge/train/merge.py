@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tuneforge import outdir
 from tuneforge.errors import Problem, TuneforgeError
 from tuneforge.models.template import render
 from tuneforge.models.tuned import artifact_dir, base_of
@@ -61,6 +62,13 @@ def merge(run: Path, out: Path, samples: int = 16) -> dict[str, Any]:
 
     from tuneforge.models.tuned import load_tuned
 
+    problems = outdir.check_out(out)
+    if out.is_dir() and not (out / "merge.json").exists() and any(out.iterdir()):
+        # the folder is replaced whole, so only a folder an earlier merge wrote may be
+        problems.append(Problem("out_not_empty", "this folder holds files that merge did not write; merge replaces "
+                                "its --out whole, so choose a new or empty folder", str(out)))
+    if problems:
+        raise TuneforgeError(problems)
     folder = artifact_dir(Path(run))
     if not (folder / "adapter_config.json").exists():
         raise TuneforgeError(Problem("nothing_to_merge", "this is already a standalone model (full fine-tuning); "
