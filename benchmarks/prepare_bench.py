@@ -32,6 +32,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_isa  # noqa: E402
+
 BATCH = 1000
 VOCABULARY = 6000
 _WORD = re.compile(r"\b[A-Za-z][a-z]{1,14}\b")
@@ -109,12 +112,6 @@ def reference(path: Path, limit: int, model: str, out: Path) -> float:
     return limit / (time.perf_counter() - start)
 
 
-def isa() -> str:
-    proc = subprocess.run("grep -o 'avx512_bf16\\|amx_bf16\\|avx2' /proc/cpuinfo | sort -u", shell=True,
-                          capture_output=True, text=True)
-    return ",".join(proc.stdout.split())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -155,7 +152,7 @@ def main() -> None:
         "reference_records_per_s": round(ref_rate),
         "speedup": round(rate / ref_rate, 2),
         "cpus": os.cpu_count(),
-        "isa": isa(),
+        "isa": cpu_isa(),
     }))
 
 
