@@ -177,6 +177,13 @@ def eval_command(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for eval.json and the reports"),
     fail_if: Optional[str] = typer.Option(None, help='exit 1 when it holds, e.g. "tuned.accuracy < 0.9"'),
     general: bool = typer.Option(False, "--general", help="also check general knowledge (forgetting)"),
+    judge_url: Optional[str] = typer.Option(None, help="LLM judge: base URL of an OpenAI-compatible API, e.g. "
+                                            "http://127.0.0.1:8000/v1"),
+    judge_model: Optional[str] = typer.Option(None, help="the judge's model name at --judge-url"),
+    judge_key: Optional[str] = typer.Option(None, help="the judge's API key [$TUNEFORGE_JUDGE_KEY]"),
+    judge_mode: Optional[str] = typer.Option(None, help="rubric (a 1-5 score per answer) or pairwise (each "
+                                             "adapter vs the best baseline, both orders) [rubric]"),
+    rubric: Optional[Path] = typer.Option(None, help="text file with the judge's grading rubric [built-in]"),
     config: Optional[Path] = typer.Option(None, help="YAML config with the same keys"),
     overrides: list[str] = SetOpt,
 ) -> None:
@@ -190,13 +197,32 @@ def eval_command(
     kinds = None if baselines is None else [] if baselines.strip() == "none" else [
         b.strip() for b in baselines.split(",") if b.strip()]
     values = dict(data=data, model=model, adapters=adapters or None, baselines=kinds, shots=shots, task=task,
-                  sql_db=sql_db, limit=limit, seed=seed, out=out_dir, fail_if=fail_if, general=general or None)
+                  sql_db=sql_db, limit=limit, seed=seed, out=out_dir, fail_if=fail_if, general=general or None,
+                  judge_url=judge_url, judge_model=judge_model, judge_key=judge_key, judge_mode=judge_mode,
+                  rubric=rubric)
     cfg = build_config(EvalConfig, config, overrides, values)
     result = evaluate(cfg)  # checks --fail-if's names against the task's metrics before any inference
     _print_eval(result, cfg.out)
+    if "judge" in result:
+        from tuneforge.evaluate.judge import undecidable
+
+        _print_judge(result)
+        if cfg.fail_if and undecidable(cfg.fail_if, result["variants"]):
+            raise TuneforgeError(undecidable(cfg.fail_if, result["variants"]))
     if cfg.fail_if and check(cfg.fail_if, result["variants"]):
         err.print(f"fail-if holds: {cfg.fail_if}", markup=False)
         raise typer.Exit(1)
+
+
+def _print_judge(result: dict[str, Any]) -> None:
+    judged = result["judge"]
+    invalid = {name: v["judge_invalid_rate"] for name, v in result["variants"].items() if v.get("judge_invalid_rate")}
+    out.print(f"judge: {judged['model']} at {judged['url']} ({judged['mode']}), {judged['requests']} requests",
+              markup=False)
+    if invalid:
+        shares = ", ".join(f"{name} {rate:.0%}" for name, rate in invalid.items())
+        err.print(f"warning: the judge gave no valid verdict for some answers ({shares}; "
+                  f"{judged['failed_requests']} requests failed); the reasons are in predictions.jsonl", markup=False)
 
 
 def _named_adapters(items: list[str]) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Both show the same sections, computed once here: metrics side by side, a bar chart of the main
 metric, the tuned variant's confusion matrix and most frequent confusions, the examples that flipped
-between the baseline and the tuned variant, and the tuned variant's worst examples.
+between the baseline and the tuned variant, and the tuned variant's worst examples; with an LLM judge,
+its verdict and reason next to each of those examples, and the examples it judged worst.
 The baseline is "base-few-shot" when there is one, else the first variant; the tuned variant is
 the last. Every text that comes from the user or the model is escaped.
 """
@@ -13,10 +14,10 @@ import html
 from pathlib import Path
 from typing import Any
 
-from tuneforge.evaluate import metrics
+from tuneforge.evaluate import judge, metrics
 from tuneforge.evaluate.metrics import INVALID
 
-LOWER_IS_BETTER = metrics.LOWER_IS_BETTER | {"loss"}
+LOWER_IS_BETTER = metrics.LOWER_IS_BETTER | judge.LOWER_IS_BETTER | {"loss"}
 GENERAL = "general_accuracy"  # the row for the general-knowledge check
 SHOWN = 10  # examples and confusions listed per section
 CLIP = 300  # characters of an example shown; the predictions file has the whole text
@@ -70,6 +71,29 @@ def worst(predictions: list[dict], variant: str) -> list[dict]:
     return sorted(scored, key=lambda p: (p["scores"][variant], p["index"]))
 
 
+def judge_worst(predictions: list[dict], variant: str) -> list[dict]:
+    """The variant's examples the judge liked least: by score, lowest first, unscored last (rubric);
+    losses, then invalid verdicts, then ties (pairwise; wins are left out)."""
+    def rank(p: dict) -> tuple:
+        entry = p["judge"][variant]
+        if "score" in entry:
+            return (entry["score"] if entry["score"] is not None else 6, p["index"])
+        return ({"loss": 0, "invalid": 1, "tie": 2}.get(entry["verdict"], 3), p["index"])
+
+    judged = [p for p in predictions if variant in (p.get("judge") or {})]
+    return sorted((p for p in judged if rank(p)[0] < 3 or "score" in p["judge"][variant]), key=rank)
+
+
+def _judged(rows: list[dict], columns: list[str]) -> list[str]:
+    """The variants among `columns` the judge gave a verdict for in these rows."""
+    return [v for v in columns if any(v in (p.get("judge") or {}) for p in rows)]
+
+
+def _verdict(p: dict, variant: str) -> str | None:
+    entry = (p.get("judge") or {}).get(variant)
+    return judge.describe(entry) if entry else None
+
+
 def top_confusions(confusion: dict) -> list[tuple[str, str, int]]:
     """(reference, predicted, count) for every wrong cell, most frequent first."""
     columns = confusion["labels"] + [INVALID]
@@ -104,7 +128,23 @@ def _sections(result: dict, predictions: list[dict]) -> dict[str, Any]:
         "confusions": top_confusions(confusion)[:SHOWN] if confusion else [],
         "improved": improved, "regressed": regressed,
         "worst": worst(predictions, tuned)[:SHOWN],
+        "judge": result.get("judge"),
+        "judge_worst": judge_worst(predictions, tuned)[:SHOWN],
     }
+
+
+def _judge_note(s: dict) -> str:
+    j = s["judge"]
+    against = f", each answer against {j['baseline']}'s in both orders" if j.get("baseline") else ""
+    return (f"{j['model']} at {j['url']}, mode {j['mode']}{against}, rubric: {j['rubric']}; "
+            f"{j['requests']} requests, {j['failed_requests']} failed, {j['asked_again']} asked again "
+            "after a reply that was not the JSON asked for")
+
+
+def _judge_columns(s: dict) -> list[str]:
+    """The worst-judged table shows the baseline's answer too in pairwise mode."""
+    base = (s["judge"] or {}).get("baseline")
+    return [base, s["tuned"]] if base and base != s["tuned"] else [s["tuned"]]
 
 
 def _flip_sections(s: dict) -> list[tuple[str, list[dict]]]:
@@ -121,11 +161,13 @@ def _md(text: Any) -> str:
 
 
 def _md_examples(rows: list[dict], columns: list[str], scored: list[str]) -> list[str]:
-    head = ["#", *(f"{v} score" for v in scored), "input", "reference", *(f"{v} output" for v in columns)]
+    judged = _judged(rows, columns)
+    head = ["#", *(f"{v} score" for v in scored), "input", "reference", *(f"{v} output" for v in columns),
+            *(f"{v} judge" for v in judged)]
     lines = ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
     for p in rows:
         cells = [str(p["index"]), *(_fmt(p["scores"].get(v)) for v in scored), _md(p["input"]), _md(p["reference"]),
-                 *(_md(p["outputs"].get(v)) for v in columns)]
+                 *(_md(p["outputs"].get(v)) for v in columns), *(_md(_verdict(p, v) or "–") for v in judged)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -173,6 +215,9 @@ def render_markdown(result: dict, predictions: list[dict]) -> str:
             lines += _md_examples(rows[:SHOWN], [base, tuned], [base, tuned]) if rows else ["None.", ""]
     lines += [f"## Worst examples ({_md(tuned)})", ""]
     lines += _md_examples(s["worst"], [tuned], [tuned]) if s["worst"] else ["No examples.", ""]
+    if s["judge"]:
+        lines += ["## Judge", "", f"- {_md(_judge_note(s))}", "", f"### Judged worst ({_md(tuned)})", ""]
+        lines += _md_examples(s["judge_worst"], _judge_columns(s), [tuned]) if s["judge_worst"] else ["None.", ""]
     return "\n".join(lines)
 
 
@@ -228,10 +273,13 @@ def _html_confusion(confusion: dict) -> str:
 def _html_examples(rows: list[dict], columns: list[str], scored: list[str]) -> str:
     if not rows:
         return "<p>None.</p>"
-    head = ["#", *(f"{v} score" for v in scored), "input", "reference", *(f"{v} output" for v in columns)]
+    judged = _judged(rows, columns)
+    head = ["#", *(f"{v} score" for v in scored), "input", "reference", *(f"{v} output" for v in columns),
+            *(f"{v} judge" for v in judged)]
     out = ["<table><tr>" + "".join(f"<th>{_h(h)}</th>" for h in head) + "</tr>"]
     for p in rows:
-        texts = [p["input"], p["reference"], *(p["outputs"].get(v) for v in columns)]
+        texts = [p["input"], p["reference"], *(p["outputs"].get(v) for v in columns),
+                 *(_verdict(p, v) or "–" for v in judged)]
         cells = [f'<td class="num">{p["index"]}</td>',
                  *(f'<td class="num">{_fmt(p["scores"].get(v))}</td>' for v in scored),
                  *(f'<td class="text">{_h(t)}</td>' for t in texts)]
@@ -271,6 +319,9 @@ def render_html(result: dict, predictions: list[dict]) -> str:
             body += [f"<h3>{_h(title)} ({len(rows)}, first {min(len(rows), SHOWN)} shown)</h3>",
                      _html_examples(rows[:SHOWN], [base, tuned], [base, tuned])]
     body += [f'<h2 id="worst">Worst examples ({_h(tuned)})</h2>', _html_examples(s["worst"], [tuned], [tuned])]
+    if s["judge"]:
+        body += ['<h2 id="judge">Judge</h2>', f'<p class="note">{html.escape(_judge_note(s))}</p>',
+                 f"<h3>Judged worst ({_h(tuned)})</h3>", _html_examples(s["judge_worst"], _judge_columns(s), [tuned])]
     return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>Evaluation report: {_h(result['task'])}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")

@@ -9,6 +9,8 @@ Reads top to bottom: the metric names, few-shot demonstrations, the variants, on
 variant's run (generation, label scoring, perplexity, latency), scoring, and writing
 eval.json, predictions.jsonl and the reports. Loading and checking the examples is in
 examples.py; --fail-if's names are checked before inference, its value after (by the CLI).
+With --judge-url, an LLM judge (judge.py) also scores the answers once every variant has run;
+its endpoint is checked before the first model loads.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Callable
 
 from tuneforge import outdir
 from tuneforge.errors import Problem, TuneforgeError
-from tuneforge.evaluate import metrics
+from tuneforge.evaluate import judge, metrics
 from tuneforge.evaluate.config import EvalConfig
 from tuneforge.evaluate.examples import Examples, load_examples, split_record  # noqa: F401 (Examples re-exported)
 
@@ -32,17 +34,19 @@ MAIN_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generati
                "sql": "exec_accuracy"}
 
 
-def metric_names(task: str, cfg: EvalConfig | None = None) -> tuple[str, ...]:
-    """The numbers every variant of `task` gets (with `cfg`: only those this config measures), from the
-    names declared on the metric functions; --fail-if is checked against these before inference."""
+def metric_names(task: str, cfg: EvalConfig | None = None, variant: str | None = None) -> tuple[str, ...]:
+    """The numbers every variant of `task` gets (with `cfg`: only those this config measures, and the
+    judge's for `variant`), from the names declared on the metric functions; --fail-if is checked
+    against these before inference."""
     names = list(metrics.TASK_METRICS[task])
     if task == "classification" and (cfg is None or cfg.constrained):
         names += metrics.CONSTRAINED_METRICS
     names += [m for m in metrics.RUN_METRICS if not (m == "latency_ms_p50" and cfg and cfg.latency_samples == 0)]
+    names += judge.metric_names(cfg, variant)
     return tuple(dict.fromkeys(names))
 
 
-ALL_METRICS = frozenset(name for task in MAIN_METRIC for name in metric_names(task))
+ALL_METRICS = frozenset(name for task in MAIN_METRIC for name in metric_names(task)) | judge.ALL_METRICS
 
 
 def pick_shots(ex: Examples, k: int, seed: int) -> list[tuple[str, str]]:
@@ -207,8 +211,9 @@ def evaluate(cfg: EvalConfig, variant_list: list[Variant] | None = None, progres
     """Run every variant; returns the eval.json content (and writes the run folder).
 
     What can be checked without a model is checked first (the examples, their task, the database,
-    the names in --fail-if against that task's metrics, the output folder, and that each model's
-    tokenizer can mark where an answer ends), so a mistake costs seconds, not a run."""
+    the names in --fail-if against that task's metrics, the output folder, that each model's
+    tokenizer can mark where an answer ends, and the judge's rubric and endpoint), so a mistake
+    costs seconds, not a run."""
     problems = outdir.check_out(Path(cfg.out))
     if problems:
         raise TuneforgeError(problems)
@@ -218,8 +223,11 @@ def evaluate(cfg: EvalConfig, variant_list: list[Variant] | None = None, progres
     if cfg.fail_if:
         from tuneforge.evaluate.fail_if import validate
 
-        validate(cfg.fail_if, {v.name: metric_names(ex.task, cfg) for v in variant_list})
-    return assemble(cfg, ex, run_all(cfg, ex, variant_list, progress))
+        validate(cfg.fail_if, {v.name: metric_names(ex.task, cfg, v.name) for v in variant_list})
+    plan = judge.plan(cfg, [v.name for v in variant_list]) if cfg.judge_url else None
+    runs = run_all(cfg, ex, variant_list, progress)
+    judged = judge_all(plan, ex, runs, progress) if plan else None
+    return assemble(cfg, ex, runs, judged)
 
 
 def _check_tokenizers(cfg: EvalConfig) -> None:
@@ -267,7 +275,23 @@ def run_all(cfg: EvalConfig, ex: Examples, variant_list: list[Variant], progress
     return runs
 
 
-def assemble(cfg: EvalConfig, ex: Examples, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def judge_all(plan: judge.Plan, ex: Examples, runs: dict[str, dict[str, Any]], progress: bool = True) -> dict:
+    """The judge's metrics into each variant's, its verdicts into runs[name]["judge"]; returns its summary."""
+    outputs = {name: r["outputs"] for name, r in runs.items()}
+    main = {name: r["metrics"].get(MAIN_METRIC[ex.task]) for name, r in runs.items()}
+    bar = _progress(progress)
+    with bar:
+        task_id = bar.add_task("judge", total=judge.calls_planned(plan, outputs)) if bar.enabled else None
+        step = (lambda n: bar.update(task_id, advance=n)) if bar.enabled else None
+        found, entries, summary = judge.judge(plan, ex.prompts, ex.references, outputs, main, step)
+    for name, values in found.items():
+        runs[name]["metrics"].update(values)
+        runs[name]["judge"] = entries[name]
+    return summary
+
+
+def assemble(cfg: EvalConfig, ex: Examples, runs: dict[str, dict[str, Any]], judged: dict | None = None
+             ) -> dict[str, Any]:
     from tuneforge.evaluate.report import write_reports
 
     result: dict[str, Any] = {"task": ex.task, "n": len(ex.references), "data": ex.source,
@@ -278,10 +302,15 @@ def assemble(cfg: EvalConfig, ex: Examples, runs: dict[str, dict[str, Any]]) -> 
         result["confusion"] = {name: r["confusion"] for name, r in runs.items()}
     if any(r["general"] is not None for r in runs.values()):
         result["general"] = {name: r["general"] for name, r in runs.items()}
+    if judged is not None:
+        result["judge"] = judged
     predictions = [{"index": i, "input": ex.prompts[i][-1]["content"], "reference": ex.references[i],
                     "outputs": {name: r["outputs"][i] for name, r in runs.items()},
                     "scores": {name: r["scores"][i] for name, r in runs.items()}}
                    for i in range(len(ex.references))]
+    for name, r in runs.items():
+        for p, entry in zip(predictions, r.get("judge") or []):
+            p.setdefault("judge", {})[name] = entry
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
