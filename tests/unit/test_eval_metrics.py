@@ -366,3 +366,20 @@ def test_general_set_is_well_formed():
 ])
 def test_score_general(pred, answers, expected):
     assert score_general(pred, answers) is expected
+
+
+def test_perplexity_of_a_confidently_wrong_model_is_capped_not_a_crash(tiny_model, tmp_path, monkeypatch):
+    import json as _json
+
+    from tuneforge.evaluate import engine
+    from tuneforge.evaluate.config import EvalConfig
+    from tuneforge.evaluate.run import evaluate
+
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(_json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                      {"role": "assistant", "content": "a"}]}) + "\n"
+                            for i in range(3)))
+    monkeypatch.setattr(engine, "answer_logprobs", lambda *a, **k: [(-1e6, 2)] * 3)
+    result = evaluate(EvalConfig(data=data, model=tiny_model, baselines=["zero-shot"], out=tmp_path / "eval",
+                                 latency_samples=0), progress=False)
+    assert result["variants"]["base-zero-shot"]["perplexity"] > 1e300

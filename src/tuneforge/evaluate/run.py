@@ -152,7 +152,8 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
         result["macro_f1_constrained"] = metrics.classification(picks, ex.references, ex.labels)["macro_f1"]
     logps = engine.answer_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size, bf16)
     total, count = sum(lp for lp, _ in logps), sum(n for _, n in logps)
-    result["perplexity"] = math.exp(-total / max(count, 1))
+    # a model sure of the wrong tokens can have a loss past exp's range; cap it (JSON has no inf)
+    result["perplexity"] = math.exp(min(-total / max(count, 1), 709.0))
     result["latency_ms_p50"] = _latency(model, tokenizer, prompts[: cfg.latency_samples], budget, bf16)
     result["tokens_per_s"] = round(gen.new_tokens / max(gen.seconds, 1e-9), 1)
     result["examples_per_s"] = round(len(prompts) / max(gen.seconds, 1e-9), 2)
