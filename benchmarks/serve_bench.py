@@ -286,6 +286,7 @@ def train_adapters(work: Path) -> list[Path]:
         start = time.perf_counter()
         train(TrainConfig(model=MODEL, data=data, out=scratch, method="lora", max_steps=3, batch_size=8,
                           seed=i, learning_rate=1e-3, tracking=[]), progress=False)
+        shutil.rmtree(scratch / "checkpoints", ignore_errors=True)  # ~150 MB each; only adapter/ is served
         shutil.rmtree(folder, ignore_errors=True)
         scratch.rename(folder)  # a run cut short leaves only a .partial folder, retrained next time
         print(f"adapter a{i}: trained in {time.perf_counter() - start:.1f}s", file=sys.stderr)
