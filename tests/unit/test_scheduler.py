@@ -408,7 +408,18 @@ def test_adapters_that_cannot_be_served_are_refused(lively, trained, tmp_path, m
     assert refused(edited("prefix", "adapter_config.json", peft_type="PREFIX_TUNING")) == "adapter_not_mixable"
     assert refused(edited("other", "tuneforge.json", base_model=str(tmp_path / "another-model"))) == "base_mismatch"
     assert refused(trained, name="tiny") == "invalid_name"
-    assert engine.models() == ["tiny"]
+    misshapen = edited("misshapen", "adapter_config.json")
+    weights = misshapen / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if "lora_A" in k)
+    tensors[key] = torch.zeros(tensors[key].shape[0], tensors[key].shape[1] + 8)
+    save_file(tensors, weights)
+    assert refused(misshapen) == "base_mismatch"  # found before PEFT touched the model
+    assert engine.models() == ["tiny"] and engine.adapters.peft is None
+    model, tokenizer = load_model(lively), load_tokenizer(lively)
+    ids = prompt_of(tokenizer, QUESTIONS[0])
+    expected = eval_engine.generate(model, tokenizer, [ids], 8).texts[0]
+    assert alone(engine, "tiny", ids, max_tokens=8)[0].strip() == expected  # the base still serves as before
     with pytest.raises(TuneforgeError) as unknown:
         engine.unload_adapter("nope")
     assert problem(unknown) == "model_not_found"

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from tuneforge.errors import Problem, TuneforgeError
 from tuneforge.models import template
 from tuneforge.models.resolve import resolve_model
@@ -86,7 +88,9 @@ class AdapterSet:
                 "(only plain LoRA and QLoRA adapters can); merge it with `tuneforge merge` and serve the merged "
                 "model with --model, or train it with method lora", where))
         self._check_base(base_of(folder), where)
-        self._check_shapes(folder, where)
+        if not (folder / "adapter_model.safetensors").exists():
+            raise TuneforgeError(Problem("not_an_adapter", "no adapter_model.safetensors next to adapter_config.json; "
+                                         "pass a run folder written by `tuneforge train`", where))
         from transformers import AutoTokenizer
 
         tokenizer = template.ensure_pad(AutoTokenizer.from_pretrained(str(folder)))
@@ -117,14 +121,8 @@ class AdapterSet:
         """Every LoRA matrix must fit the base layer it names. Checked from the file's header
         before loading, because PEFT injects layers before it reads the weights and a failure
         halfway would leave the served model changed."""
-        from safetensors import safe_open
-
-        weights = folder / "adapter_model.safetensors"
-        if not weights.exists():
-            raise TuneforgeError(Problem("not_an_adapter", "no adapter_model.safetensors next to adapter_config.json; "
-                                         "pass a run folder written by `tuneforge train`", where))
         layers = dict(self.base_model.named_modules())
-        with safe_open(str(weights), "pt") as f:
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
             for key in f.keys():
                 name, _, part = key.partition(".lora_")
                 if part not in ("A.weight", "B.weight"):
@@ -161,13 +159,14 @@ class AdapterSet:
             self.held.move_to_end(adapter.key)
             return
         try:
+            self._check_shapes(adapter.folder, str(adapter.folder))
             if self.peft is None:
                 from peft import PeftModel
 
                 self.peft = PeftModel.from_pretrained(self.base_model, str(adapter.folder), adapter_name=adapter.key)
             else:
                 self.peft.load_adapter(str(adapter.folder), adapter_name=adapter.key)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a file gone or changed since `check`
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # a file gone or changed
             if self.peft is not None and adapter.key in self.peft.peft_config:
                 self.peft.delete_adapter(adapter.key)  # what was injected before the failure
             raise TuneforgeError(Problem(

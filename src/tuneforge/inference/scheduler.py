@@ -120,7 +120,7 @@ class Scheduler:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device not in ("cpu", "cuda"):
-            raise TuneforgeError(Problem("invalid_value", f"device must be auto, cpu or cuda, got {device!r}", "device"))
+            raise TuneforgeError(Problem("invalid_value", f"must be auto, cpu or cuda, got {device!r}", "device"))
         if device == "cuda" and not torch.cuda.is_available():
             raise TuneforgeError(Problem("no_cuda", "no CUDA device is available here; use device auto or cpu",
                                          "device"))
