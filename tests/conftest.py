@@ -71,3 +71,23 @@ def quiet_env(monkeypatch):
     for key, value in (("TOKENIZERS_PARALLELISM", "true"), ("TRANSFORMERS_VERBOSITY", "error"),
                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys, quiet_env):
+    """`tuneforge ARGS` in process with TUNEFORGE_DEBUG=1, so an internal error escapes instead of
+    hiding behind a user-error exit code; returns (exit code, stdout, stderr)."""
+    from tuneforge import cli
+
+    monkeypatch.setenv("TUNEFORGE_DEBUG", "1")
+    # its process-wide settings (environment, warning filters) must not leak into other tests
+    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return done.value.code, captured.out, captured.err
+
+    return run

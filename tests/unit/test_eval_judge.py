@@ -18,7 +18,6 @@ from typing import Callable
 import pytest
 
 from serve_fake import BASE, FakeEngine, live_server, wait_for
-from tuneforge import cli
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluate import judge
 from tuneforge.evaluate.config import EvalConfig
@@ -340,22 +339,6 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]  # closed on exit: nothing listens there
-
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys, quiet_env):
-    """`tuneforge ARGS` in process with TUNEFORGE_DEBUG=1 (an internal error would escape); (exit code, out, err)."""
-    monkeypatch.setenv("TUNEFORGE_DEBUG", "1")
-    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as done:
-            cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return done.value.code, captured.out, captured.err
-
-    return run
 
 
 def eval_args(data: Path, tiny_model: str, url: str, out: Path, *more) -> list:

@@ -11,7 +11,6 @@ import openai
 import pytest
 
 from serve_fake import BASE, FakeEngine, live_server, make_adapter
-from tuneforge import cli
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve.abtest import percentile, t_two_sided_p, welch
 from tuneforge.serve.config import RouteConfig, ServeConfig, load_serve_config
@@ -26,21 +25,6 @@ def tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model)
-
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-    monkeypatch.setenv("TUNEFORGE_DEBUG", "1")
-    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as done:
-            cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return done.value.code, captured.out, captured.err
-
-    return run
 
 
 def test_feedback_export_round_trip_passes_prepare(tokenizer, tiny_model, tmp_path, run_cli):
