@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/prepare_bench.py --records 200000
 	$(BIN)/python benchmarks/train_bench.py --data ../shared/data/banking77
 	$(BIN)/python benchmarks/eval_bench.py
+	$(BIN)/python benchmarks/serve_bench.py
 	$(BIN)/python benchmarks/quality_bench.py --data ../shared/data/banking77
 	$(BIN)/python benchmarks/quality_bench.py --data ../shared/data/restaurant8k_extraction
 
