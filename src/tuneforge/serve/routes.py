@@ -113,12 +113,18 @@ async def _answer(request: Request, s: Service, call: Call) -> Response:
     return JSONResponse(shaped.model_dump(mode="json"), headers=headers)
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
+async def _accept(request: Request, model):
+    """The steps every generation route starts with: the service, the caller's key, the parsed body."""
     s = service(request)
     caller = s.keys.caller(request.headers.get("authorization"))
-    body = await read_json(request, p.ChatCompletionRequest)
+    body = await read_json(request, model)
     _info(request, model=body.model, user=body.rollout_key(), stream=bool(body.stream))
+    return s, caller, body
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    s, caller, body = await _accept(request, p.ChatCompletionRequest)
     if len(body.messages) > s.config.max_messages:
         raise bad_request(f"Too many messages: {len(body.messages)}. This server takes at most "
                           f"{s.config.max_messages} per request (max_messages).", "messages")
@@ -139,10 +145,7 @@ async def chat_completions(request: Request) -> Response:
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    s = service(request)
-    caller = s.keys.caller(request.headers.get("authorization"))
-    body = await read_json(request, p.CompletionRequest)
-    _info(request, model=body.model, user=body.rollout_key(), stream=bool(body.stream))
+    s, caller, body = await _accept(request, p.CompletionRequest)
     prompts = body.prompts()
     if len(prompts) * body.n > MAX_CHOICES:
         raise bad_request(f"Too many completions in one request: {len(prompts)} prompts x n={body.n}; at most "
