@@ -414,8 +414,9 @@ def test_adapters_that_cannot_be_served_are_refused(lively, trained, tmp_path, m
     key = next(k for k in tensors if "lora_A" in k)
     tensors[key] = torch.zeros(tensors[key].shape[0], tensors[key].shape[1] + 8)
     save_file(tensors, weights)
-    assert refused(misshapen) == "base_mismatch"  # found before PEFT touched the model
-    assert engine.models() == ["tiny"] and engine.adapters.peft is None
+    assert refused(misshapen) == "base_mismatch"  # found before any layer was wrapped
+    assert refused(edited("biased", "adapter_config.json", bias="lora_only")) == "adapter_not_mixable"
+    assert engine.models() == ["tiny"] and not engine.adapters.slots.layers
     model, tokenizer = load_model(lively), load_tokenizer(lively)
     ids = prompt_of(tokenizer, QUESTIONS[0])
     expected = eval_engine.generate(model, tokenizer, [ids], 8).texts[0]

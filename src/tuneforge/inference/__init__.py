@@ -2,7 +2,8 @@
 
 - api.py: what the server asks of an engine (GenRequest, GenEvent, Engine, QueueFull, ShuttingDown)
 - scheduler.py: Scheduler, the real Engine: continuous batching, many LoRA adapters on one base
-- adapters.py: loading, checking and evicting adapters (PEFT mixed-adapter batches)
+- adapters.py: loading, checking and evicting adapters
+- lora.py: every held adapter's LoRA terms, applied per row of one batch
 - kvcache.py: the running batch's left-padded KV cache (join, drop rows)
 - sampling.py: greedy / temperature + top-p with a per-request seeded generator
 - text.py: streamed text that is whole characters and stops at stop strings

@@ -2,16 +2,17 @@
 
     adapters = AdapterSet(base_model, base_folder, max_adapters=8)
     adapter = adapters.check("tickets", "runs/lora")   # reads files only: refuses what cannot be served
-    adapters.load(adapter, busy=set())                  # weights into the PEFT model
+    adapters.load(adapter, busy=set())                  # weights into the model's LoRA slots
     adapters.add(adapter)                               # now served under its name
-    model, kwargs = adapters.forward([adapter, None])   # one batch: row 0 on the adapter, row 1 on the base
+    model = adapters.forward([adapter, None])           # one batch: row 0 on the adapter, row 1 on the base
 
 An adapter is the `adapter/` folder a `tuneforge train` run wrote (PEFT format, with the
 tokenizer and chat template it was trained with, and `tuneforge.json` naming its base).
 It is refused, with a reason, when it cannot share a batch with the others: trained on
 another base model, a full fine-tune (a model of its own), or a method that is not plain
-LoRA (prefix/prompt tuning add virtual tokens, IA3 and DoRA have no mixed-batch path in
-PEFT). QLoRA adapters are plain LoRA on the same base and are served on its float weights.
+LoRA on Linear layers (prefix/prompt tuning add virtual tokens; IA3, DoRA, trained biases
+and modules_to_save change more than a low-rank term). QLoRA adapters are plain LoRA on the
+same base and are served on its float weights.
 
 Every adapter loaded is known (listed, servable, its tokenizer kept); at most
 `max_adapters` of them hold weights, least recently used evicted first. A request for an
@@ -19,7 +20,7 @@ evicted adapter loads it again from its folder before its prefill. An adapter th
 the running batch use is never evicted, so while more distinct adapters are in flight than
 the limit, more are held; the set shrinks back at the next idle moment.
 
-Each load gets a fresh PEFT name (`a0`, `a1`, ...), distinct from the served name, so an
+Each load gets a fresh key (`a0`, `a1`, ...), distinct from the served name, so an
 adapter loaded again under the same name (an update) never clashes with the old weights
 that requests already running still use; those are deleted when their last row leaves.
 """
@@ -36,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from tuneforge.errors import Problem, TuneforgeError
+from tuneforge.inference.lora import LoraSlots, read_lora
 from tuneforge.models import template
 from tuneforge.models.resolve import resolve_model
 from tuneforge.models.tuned import artifact_dir, base_of
-
-BASE_ROW = "__base__"  # PEFT's name, in a mixed batch, for a row that uses no adapter
-
 
 @dataclass(eq=False)
 class Adapter:
@@ -52,7 +52,7 @@ class Adapter:
     tokenizer: Any  # for rendering prompts (the server's)
     decoder: Any  # a copy for the engine thread: a Rust tokenizer shared across threads can raise "Already borrowed"
     stop_ids: list[int]
-    key: str  # the PEFT adapter name of this load
+    key: str  # this load's key in the LoRA slots
     method: str = "lora"
     retired: bool = field(default=False)  # unloaded or replaced: no new requests, weights go when idle
 
@@ -62,9 +62,9 @@ class AdapterSet:
         self.base_model = base_model
         self.base_folder = Path(base_folder)
         self.max_adapters = max_adapters
-        self.peft = None  # the PeftModel wrapping base_model, once a first adapter is loaded
+        self.slots = LoraSlots(base_model)  # the LoRA terms of the held adapters, per row
         self.known: dict[str, Adapter] = {}  # served name -> current adapter
-        self.held: OrderedDict[str, Adapter] = OrderedDict()  # PEFT key -> adapter, least recently used first
+        self.held: OrderedDict[str, Adapter] = OrderedDict()  # key -> adapter, least recently used first
         self._keys = (f"a{i}" for i in itertools.count())
 
     # -- registry (no weights) --------------------------------------------------------
@@ -119,14 +119,14 @@ class AdapterSet:
 
     def _check_shapes(self, folder: Path, where: str) -> None:
         """Every LoRA matrix must fit the base layer it names. Checked from the file's header
-        before loading, because PEFT injects layers before it reads the weights and a failure
-        halfway would leave the served model changed."""
+        before reading the weights, so a misfit is named (which tensor, which shape) rather
+        than failing inside a matmul."""
         layers = dict(self.base_model.named_modules())
         with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
             for key in f.keys():
                 name, _, part = key.partition(".lora_")
                 if part not in ("A.weight", "B.weight"):
-                    continue  # biases, embeddings, modules_to_save: PEFT checks those itself
+                    continue  # anything else is refused by read_lora
                 layer = layers.get(name.removeprefix("base_model.model."))
                 shape = f.get_slice(key).get_shape()
                 fits = layer is not None and hasattr(layer, "in_features") and (
@@ -160,23 +160,15 @@ class AdapterSet:
             return
         try:
             self._check_shapes(adapter.folder, str(adapter.folder))
-            if self.peft is None:
-                from peft import PeftModel
-
-                self.peft = PeftModel.from_pretrained(self.base_model, str(adapter.folder), adapter_name=adapter.key)
-            else:
-                self.peft.load_adapter(str(adapter.folder), adapter_name=adapter.key)
+            config = _read_json(adapter.folder / "adapter_config.json", str(adapter.folder))
+            weights, scales = read_lora(load_file(str(adapter.folder / "adapter_model.safetensors")), config)
+            self.slots.add(adapter.key, weights, scales)
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # a file gone or changed
-            if self.peft is not None and adapter.key in self.peft.peft_config:
-                self.peft.delete_adapter(adapter.key)  # what was injected before the failure
             raise TuneforgeError(Problem(
                 "adapter_load_failed", f"cannot load the adapter's weights ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); was it trained on this base model?",
                 str(adapter.folder))) from None
-        self.peft.eval()
         self.held[adapter.key] = adapter
-        if not self._active_is_held():  # PeftModel.forward reads the active adapter's config
-            self.peft.set_adapter(adapter.key, inference_mode=True)
         self.shrink(busy | {adapter.key})
 
     def shrink(self, busy: set[str]) -> None:
@@ -193,21 +185,13 @@ class AdapterSet:
 
     def _delete(self, key: str) -> None:
         del self.held[key]
-        self.peft.delete_adapter(key)
-        if self.held and not self._active_is_held():
-            self.peft.set_adapter(next(iter(self.held)), inference_mode=True)
+        self.slots.remove(key)
 
-    def _active_is_held(self) -> bool:
-        active = self.peft.active_adapter  # a name, or [] once every adapter was deleted
-        return isinstance(active, str) and active in self.held
-
-    def forward(self, rows: list[Adapter | None]) -> tuple[Any, dict[str, Any]]:
-        """The module to call for a batch whose rows use `rows` (None: the base model), and
-        the keyword that routes each row through its own adapter (PEFT's mixed batches)."""
-        if not self.held:
-            # no adapter holds weights: the plain model (LoRA layers left by evicted adapters are inert)
-            return self.base_model, {}
-        return self.peft, {"adapter_names": [BASE_ROW if a is None else a.key for a in rows]}
+    def forward(self, rows: list[Adapter | None]) -> Any:
+        """The model to call for a batch whose rows use `rows` (None: the base model), routed
+        so that each row gets its own adapter's LoRA terms (inference.lora)."""
+        self.slots.route([None if a is None else a.key for a in rows])
+        return self.base_model
 
 
 def _read_json(path: Path, where: str) -> dict[str, Any]:
@@ -221,8 +205,8 @@ def _read_json(path: Path, where: str) -> dict[str, Any]:
 
 
 def _lora_variants(config: dict[str, Any]) -> list[str]:
-    """LoRA variants the adapter's config turns on (DoRA, aLoRA, ...): PEFT's mixed-batch
-    forward is written for plain LoRA, so any variant is refused."""
+    """What the adapter's config turns on beyond a plain low-rank term (DoRA, aLoRA, trained
+    biases, modules_to_save, ...): the serve engine applies plain LoRA only."""
     from peft import LoraConfig
 
     found = []
@@ -232,4 +216,11 @@ def _lora_variants(config: dict[str, Any]) -> list[str]:
             found.append(f.name)
         elif f.name == "init_lora_weights" and isinstance(value, str) and value in f.metadata.get("lora_variants", ()):
             found.append(f"init_lora_weights={value}")
+    # extras that add more than A and B matrices on Linear layers
+    if config.get("bias", "none") != "none":
+        found.append(f"bias={config['bias']}")
+    for extra in ("lora_bias", "modules_to_save", "trainable_token_indices", "target_parameters", "fan_in_fan_out",
+                  "layer_replication"):
+        if config.get(extra) and extra not in found:
+            found.append(extra)
     return found

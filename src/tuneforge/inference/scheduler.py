@@ -26,13 +26,12 @@ with; a row's padding is masked and its positions are its own, so in float32 a r
 the tokens it gives alone, whoever joins or leaves the batch around it (tested).
 
 Mixed batches, not grouping. Rows for different adapters (and the base) share one batch:
-PEFT's mixed-adapter forward (`adapter_names=[...]`, one per row, "__base__" for the base)
-runs the base weights once for all rows and each adapter's low-rank matrices only on its
-own rows. Grouping by adapter would run one base forward per adapter group at every step,
-so each extra adapter in flight would cost a full step of the base model, and a rarely
-used adapter would wait for, or starve, the busy ones; mixing costs only the small LoRA
-products plus PEFT's per-step hooks, and keeps one cache, one queue and FIFO admission.
-The price is that only plain LoRA adapters can be served (see `adapters`).
+the base weights run once for all rows, and each wrapped layer adds every row's own LoRA
+terms with two matmuls over all held adapters' stacked matrices (`inference.lora`).
+Grouping by adapter would run one base forward per adapter group at every step, so each
+extra adapter in flight would cost a full step of the base model, and a rarely used
+adapter would wait for, or starve, the busy ones; mixing keeps one cache, one queue and
+FIFO admission. The price is that only plain LoRA adapters can be served (see `adapters`).
 
 Events: `GenEvent.text` is new text (whole characters, never part of a stop string);
 `token_ids` are the tokens decoded since the previous event, the end-of-turn token
@@ -66,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import Problem, TuneforgeError
-from tuneforge.inference.adapters import BASE_ROW, Adapter, AdapterSet
+from tuneforge.inference.adapters import Adapter, AdapterSet
 from tuneforge.inference.api import GenEvent, GenRequest, QueueFull, ShuttingDown
 from tuneforge.inference.kvcache import KVBatch, check_model
 from tuneforge.inference.sampling import Sampling, next_tokens
@@ -170,7 +169,7 @@ class Scheduler:
         return self._stream(request)
 
     def load_adapter(self, name: str, path: str) -> None:
-        if not isinstance(name, str) or not name.strip() or name in (self.base, BASE_ROW):
+        if not isinstance(name, str) or not name.strip() or name == self.base:
             raise TuneforgeError(Problem("invalid_name", f"an adapter cannot be named {name!r} (empty, the base "
                                          "model's name or reserved); pick another name", str(path)))
         adapter = self.adapters.check(name, path)  # files only: no need to stop the engine for this
@@ -329,10 +328,10 @@ class Scheduler:
         if not group:
             return
         ids, mask = left_pad([r.request.prompt_ids for r in group], self._pad_id, self.device)
-        model, route = self.adapters.forward([r.adapter for r in group])
+        model = self.adapters.forward([r.adapter for r in group])
         with autocast(self.bf16, self.device):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
-                        logits_to_keep=1, **route)
+                        logits_to_keep=1)
         self._batch.join(out.cache, mask)
         self._rows.extend(group)
         self._accept(group, out.logits[:, -1])
@@ -343,10 +342,10 @@ class Scheduler:
         rows = self._rows
         ids = torch.tensor([[r.next_token] for r in rows], device=self.device)
         mask = self._batch.step_mask()
-        model, route = self.adapters.forward([r.adapter for r in rows])
+        model = self.adapters.forward([r.adapter for r in rows])
         with autocast(self.bf16, self.device):
             out = model(input_ids=ids, attention_mask=mask, position_ids=self._batch.next_positions(),
-                        cache=self._batch.cache, use_cache=True, **route)
+                        cache=self._batch.cache, use_cache=True)
         self._batch.stepped(mask)
         self._counts["steps"] += 1
         self._accept(rows, out.logits[:, -1])
