@@ -25,12 +25,13 @@ import numpy as np
 from tuneforge import tasks
 from tuneforge.data import clean, outdir, pii
 from tuneforge.data.config import PrepareConfig
-from tuneforge.data.formats import Columns, Normalised, normalise
-from tuneforge.data.columns import plan_columns
-from tuneforge.data.readers import Header, check_input, read_records
+from tuneforge.data.columns import Plan
+from tuneforge.data.formats import Columns, Normalised
+from tuneforge.data.readers import check_input
 from tuneforge.data.report import render_markdown, token_stats, write_json
 from tuneforge.data.split import DROP, SPLIT_NAMES, TEST, TRAIN, VAL, assign_splits
 from tuneforge.data.tokens import TokenCounter
+from tuneforge.data.validate import Validator
 from tuneforge.errors import Problem, TuneforgeError
 
 BATCH = 4096
@@ -41,7 +42,7 @@ class Collector:
 
     def __init__(self, cfg: PrepareConfig, counter: TokenCounter, spool):
         self.cfg, self.counter, self.spool = cfg, counter, spool
-        self.columns = Columns(cfg.input_col, cfg.output_col, cfg.system)
+        self.validator = Validator(cfg.format, Columns(cfg.input_col, cfg.output_col, cfg.system))
         self.sources: list[str] = []
         self.records_in = 0
         self.errors: list[dict[str, Any]] = []
@@ -50,7 +51,6 @@ class Collector:
         self.pii: Counter[str] = Counter()
         self.exact = 0
         self.seen: set[int] = set()
-        self.kind = ""
         self.tally = tasks.Tally()  # what the answers look like, for the task decision
         self.labels = self.tally.labels
         self.pending: list[tuple] = []
@@ -65,53 +65,34 @@ class Collector:
         self.errors.append({"file": self.sources[source], "line": line, "code": problem.code,
                             "message": problem.message, **({"whole_file": True} if whole_file else {})})
 
+    @property
+    def kind(self) -> str:
+        return self.validator.kind
+
     def add_file(self, path: Path, given: int) -> None:
         self.sources.append(str(path))
         source = len(self.sources) - 1
-        columns = self.columns
-        for line, value in read_records(path):
-            if isinstance(value, Header):
-                columns = self._columns_for(source, line, value)
-                if columns is None:
-                    break  # the header's problem stands for every row
-                continue
-            if isinstance(value, Problem) and line == 0:  # line 0: the file as a whole cannot be read
-                self._unreadable(source, line, [value])
+        for item in self.validator.check(path, on_plan=lambda plan: self._note_columns(source, plan)):
+            if item.whole_file:  # the header's (or the file's) problem stands for every row
+                self._unreadable(source, item.line, item.problems)
                 break
             self.records_in += 1
-            if isinstance(value, Problem):
-                self.error(source, line, value)
-                continue
-            rec = normalise(value, self.cfg.format, columns)
-            if rec.problems:
-                for problem in rec.problems:
-                    self.error(source, line, problem)
-                continue
-            self.kind = self.kind or rec.kind
-            if rec.kind != self.kind:
-                self.error(source, line, Problem(
-                    "mixed_kinds", f"this is a {rec.kind} record but the dataset is {self.kind}; "
-                    "prepare each kind of data separately"))
+            for problem in item.problems:
+                self.error(source, item.line, problem)
+            if item.record is None:
                 continue
             if self.cfg.redact_pii:
-                self._redact(rec)
-            self._stage(rec, source, line, given)
+                self._redact(item.record)
+            self._stage(item.record, source, item.line, given)
         self.flush(final=True)
 
-    def _columns_for(self, source: int, line: int, header: Header) -> Columns | None:
-        """Check a table's header once; None (after reporting why) when its rows cannot be read."""
-        plan = None if header.problems else plan_columns(header.names, self.cfg.format, self.columns)
-        problems = list(header.problems) if plan is None else plan.problems
-        if plan is None or problems:
-            self._unreadable(source, line, problems)
-            return None
+    def _note_columns(self, source: int, plan: Plan) -> None:
         if plan.mapped:
             self.mapped[self.sources[source]] = plan.mapped
             if plan.unused:
                 self.notes.append(f"{self.sources[source]}: read column '{plan.mapped['input']}' as the input and "
                                   f"'{plan.mapped['output']}' as the output; not used: {', '.join(plan.unused)} "
                                   "(pass --input-col/--output-col to choose)")
-        return plan.columns
 
     def _unreadable(self, source: int, line: int, problems: list[Problem]) -> None:
         for problem in problems:
