@@ -86,6 +86,32 @@ def test_feedback_export_round_trip_passes_prepare(tokenizer, tiny_model, tmp_pa
     assert len(prepared) == 2
 
 
+def test_feedback_sent_while_its_stream_is_still_running_is_kept(tokenizer, tmp_path):
+    engine = FakeEngine(tokenizer, delay_s=0.2)
+    db = tmp_path / "log.db"
+    with live_server(ServeConfig(log_db=db), engine) as live:
+        client = live.client()
+        stream = client.chat.completions.create(model=BASE, stream=True,
+                                                messages=[{"role": "user", "content": QUESTIONS[0]}])
+        first = next(iter(stream))
+        engine.paused = True  # the answer waits until the feedback is in
+        assert first.id in live.service.streaming
+        sent = client.post("/feedback", body={"id": first.id, "score": 5, "correction": "billing"}, cast_to=object)
+        assert sent["completion_id"] == first.id
+        engine.paused = False
+        rest = list(stream)
+        assert rest[-1].choices[0].finish_reason == "stop"
+        live.service.log.flush()
+        with pytest.raises(openai.NotFoundError):  # once the stream ended, an unknown id is still unknown
+            client.post("/feedback", body={"id": "chatcmpl-nope", "score": 1}, cast_to=object)
+
+    conn = connect(db, readonly=True)
+    joined = conn.execute("SELECT i.status, f.score, f.correction FROM feedback f JOIN interactions i "
+                          "ON i.id = f.interaction_id WHERE i.id = ?", (first.id,)).fetchall()
+    conn.close()
+    assert [tuple(r) for r in joined] == [(200, 5.0, "billing")]
+
+
 def test_logs_stats_reports_variants_and_welch_test(tokenizer, tmp_path, run_cli):
     engine = FakeEngine(tokenizer, adapters={"v2": str(make_adapter(tmp_path / "v2"))})
     db = tmp_path / "log.db"

@@ -52,6 +52,9 @@ class Service:
     life: Lifecycle
     reload: Callable[[], ServeConfig] | None = None  # re-reads the config file (POST /admin/reload, SIGHUP)
     adapter_paths: dict[str, str] = field(default_factory=dict)
+    # ids of streams still running: the client has the id from the first chunk and may send
+    # feedback before the answer (and so its log row) is complete
+    streaming: set[str] = field(default_factory=set)
 
     def served(self) -> list[str]:
         return list(self.engine.models())
@@ -79,6 +82,7 @@ class Service:
     def finish(self, call: Call, status: int, choices: list[Choice], error: str | None) -> None:
         """A call ended (answered, failed, abandoned): log it and count it."""
         self.log.record(call.interaction(status, choices, error))
+        self.streaming.discard(call.id)  # after the record: feedback sent from now on queues behind its row
         self.metrics.observe(call.endpoint, call.target.requested, call.target.served, status,
                              latency_s=time.monotonic() - call.started, prompt_tokens=call.prompt_tokens(),
                              completion_tokens=sum(c.tokens for c in choices), first_token_s=call.first_token_s)

@@ -117,10 +117,11 @@ class InteractionLog:
         self._queue.put(("insert", interaction, None))
 
     def feedback(self, interaction_id: str, score: float | None, label: str | None,
-                 correction: str | None) -> int | None:
-        """The feedback row's id, or None when no interaction has that id."""
+                 correction: str | None, running: bool = False) -> int | None:
+        """The feedback row's id, or None when no interaction has that id (`running`: the
+        interaction is a stream still going, whose row is written when it ends)."""
         done: Future = Future()
-        self._queue.put(("feedback", (interaction_id, score, label, correction), done))
+        self._queue.put(("feedback", (interaction_id, score, label, correction, running), done))
         return done.result(timeout=30)
 
     def flush(self) -> None:
@@ -160,8 +161,9 @@ class InteractionLog:
             self._conn.execute(f"INSERT OR REPLACE INTO interactions ({', '.join(COLUMNS)}) VALUES "
                                f"({', '.join('?' for _ in COLUMNS)})", [row[c] for c in COLUMNS])
         elif kind == "feedback":
-            interaction_id, score, label, correction = payload
-            known = self._conn.execute("SELECT 1 FROM interactions WHERE id = ?", (interaction_id,)).fetchone()
+            interaction_id, score, label, correction, running = payload
+            known = running or self._conn.execute("SELECT 1 FROM interactions WHERE id = ?",
+                                                  (interaction_id,)).fetchone()
             rowid = None
             if known:
                 rowid = self._conn.execute(

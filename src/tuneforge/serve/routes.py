@@ -106,6 +106,7 @@ async def _answer(request: Request, s: Service, call: Call) -> Response:
     if call.stream:
         primed = await open_streams(call, s.engine)  # refusals (429, 503) still get their status here
         events, abandon = sse(call, primed, s.finish)
+        s.streaming.add(call.id)
         return EventStream(events, headers, on_close=abandon)
     choices = await until_done_or_gone(request.receive, complete(call, s.engine))
     s.finish(call, 200, choices, None)
@@ -166,7 +167,8 @@ async def feedback(request: Request) -> JSONResponse:
     s = service(request)
     s.keys.caller(request.headers.get("authorization"))
     body = await read_json(request, p.Feedback)
-    row = await anyio.to_thread.run_sync(s.log.feedback, body.id, body.score, body.label, body.correction)
+    row = await anyio.to_thread.run_sync(s.log.feedback, body.id, body.score, body.label, body.correction,
+                                         body.id in s.streaming)
     if row is None:
         raise ApiError(404, f"No completion with id '{body.id}' in the request log.", "id", "not_found")
     return JSONResponse({"object": "feedback", "id": row, "completion_id": body.id, "created": int(time.time())})
