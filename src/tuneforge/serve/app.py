@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import anyio
 from fastapi import FastAPI
 from starlette.requests import Request
 
@@ -143,10 +144,15 @@ def create_app(config: ServeConfig, engine, reload: Callable[[], ServeConfig] | 
                       metrics=Metrics(engine.stats, life), life=life, reload=reload)
     service.check_routes(config.routes)
     service.rollout.replace(config.routes)
+    jobs = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if jobs is not None:
+            jobs.start()
         yield
+        if jobs is not None:
+            await anyio.to_thread.run_sync(jobs.stop)  # running jobs go back to the queue
         # uvicorn gets here once connections have closed (serve.runner drains first)
         life.start_drain()
         try:
@@ -160,9 +166,18 @@ def create_app(config: ServeConfig, engine, reload: Callable[[], ServeConfig] | 
 
     app.include_router(routes.router)
     app.include_router(admin.router)
+    if config.jobs.enabled:  # the fine-tuning jobs API: /v1/files, /v1/fine_tuning/jobs
+        from tuneforge.jobs.routes import FILES_PATH, install
+
+        jobs = install(app, service)
+
+    def body_limit(path: str) -> int:
+        if jobs is not None and path == FILES_PATH:
+            return service.config.jobs.max_upload_bytes
+        return service.config.max_body_bytes
+
     # outermost: drain and body-size checks happen before any routing or body reading
-    app.add_middleware(Gate, life=life, max_body_bytes=lambda: service.config.max_body_bytes,
-                       on_refused=service.refused_at_gate)
+    app.add_middleware(Gate, life=life, max_body_bytes=body_limit, on_refused=service.refused_at_gate)
     return app
 
 

@@ -25,11 +25,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tuneforge.config import Strict, build_config
+from tuneforge.jobs.config import JobsConfig
 from tuneforge.models.resolve import DEFAULT_MODEL
 from tuneforge.paths import home
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-NAME_RULE = "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+# long enough for a fine-tuning job's model, ft:<base>:<suffix>:<job id> (tuneforge.jobs); never a path
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,191}$")
+NAME_RULE = "1-192 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -105,6 +107,7 @@ class ServeConfig(Strict):
     shutdown_grace_s: float = Field(60.0, ge=0, description="how long a shutdown waits for in-flight requests")
     routes: dict[str, RouteConfig] = Field(default_factory=dict, description="rollouts: name -> variants")
     log_db: Path = Field(default_factory=default_log_db, description="SQLite file logging every request")
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="the fine-tuning jobs API (tuneforge.jobs)")
 
     @field_validator("admin_key_sha256")
     @classmethod

@@ -65,7 +65,7 @@ async def _discard(receive, more: bool = True) -> None:
 class Gate:
     def __init__(self, app, life: Lifecycle, max_body_bytes, on_refused=None):
         self.app, self.life = app, life
-        self.max_body_bytes = max_body_bytes  # a callable, so a config reload could change it
+        self.max_body_bytes = max_body_bytes  # path -> limit, a callable so a config reload could change it
         self.on_refused = on_refused
 
     async def __call__(self, scope, receive, send) -> None:
@@ -79,7 +79,7 @@ class Gate:
         if self.life.draining:
             await self._refuse(scope, send, shutting_down())
             return
-        limit = self.max_body_bytes()
+        limit = self.max_body_bytes(path)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _discard(receive)
