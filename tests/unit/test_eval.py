@@ -70,6 +70,34 @@ def test_label_scores_through_the_cache_equal_full_forwards(tiny_model):
         assert torch.allclose(table[:, j], torch.tensor([lp for lp, _ in direct]), atol=1e-4)
 
 
+def test_a_shared_prefix_computed_once_gives_what_full_prompts_give(tiny_model):
+    model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
+    system = "You sort support tickets into billing, technical, account or other. Answer with the label only."
+    prompts = [tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": t}],
+                                             add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+               for t in ["charged twice", "the app crashes on login every time", "thanks", "refund please now"]]
+    prefix = engine.SharedPrefix.of(model, prompts)
+    assert prefix is not None and len(prefix.ids) >= engine.SharedPrefix.MIN_TOKENS
+    assert all(p[:len(prefix.ids)] == prefix.ids and len(p) > len(prefix.ids) for p in prompts)
+
+    plain = engine.generate(model, tokenizer, prompts, 6, batch_size=3)
+    shared = engine.generate(model, tokenizer, prompts, 6, batch_size=3, prefix=prefix)
+    assert shared.texts == plain.texts and shared.new_tokens == plain.new_tokens
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    options = [tokenizer(label, add_special_tokens=False)["input_ids"] + [stop] for label in LABELS]
+    pad = tokenizer.pad_token_id
+    torch.testing.assert_close(engine.score_options(model, prompts, options, pad, batch_size=3, prefix=prefix),
+                               engine.score_options(model, prompts, options, pad, batch_size=3), atol=1e-4, rtol=0)
+    answers = [options[i % len(options)] for i in range(len(prompts))]
+    with_prefix = engine.answer_logprobs(model, prompts, answers, pad, batch_size=3, prefix=prefix)
+    without = engine.answer_logprobs(model, prompts, answers, pad, batch_size=3)
+    assert [n for _, n in with_prefix] == [n for _, n in without]
+    assert all(abs(a - b) < 1e-4 for (a, _), (b, _) in zip(with_prefix, without))
+    # nothing shared, or a single prompt: no prefix
+    assert engine.SharedPrefix.of(model, prompts_of(tokenizer, ["hi", "ok"])) is None
+    assert engine.SharedPrefix.of(model, prompts[:1]) is None
+
+
 def test_shots_are_stratified_and_placed_after_the_system_prompt():
     train_rows = [chat(f"q{i}", LABELS[i % 4]) for i in range(40)]
     ex = Examples("classification", [], [], LABELS, train_rows)

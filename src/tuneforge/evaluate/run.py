@@ -141,16 +141,18 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
     prompts = [_encode(tokenizer, m) for m in messages]
     answers = [_answer_ids(tokenizer, r, stop) for r in ex.references]
     budget = cfg.max_new_tokens if cfg.max_new_tokens != "auto" else min(512, max(map(len, answers)) + 8)
-    gen = engine.generate(model, tokenizer, prompts, budget, cfg.batch_size, bf16, progress)
+    prefix = engine.SharedPrefix.of(model, prompts, bf16)  # the system prompt (and shots), computed once
+    gen = engine.generate(model, tokenizer, prompts, budget, cfg.batch_size, bf16, progress, prefix)
     scored = score(ex, gen.texts, cfg)
     result: dict[str, Any] = dict(scored["metrics"])
     if ex.task == "classification" and cfg.constrained:
         options = [_answer_ids(tokenizer, label, stop) for label in ex.labels]
-        table = engine.score_options(model, prompts, options, tokenizer.pad_token_id, cfg.batch_size, bf16)
+        table = engine.score_options(model, prompts, options, tokenizer.pad_token_id, cfg.batch_size, bf16,
+                                     prefix=prefix)
         picks = [ex.labels[int(i)] for i in table.argmax(-1)]
         result["accuracy_constrained"] = sum(p == r for p, r in zip(picks, ex.references)) / len(picks)
         result["macro_f1_constrained"] = metrics.classification(picks, ex.references, ex.labels)["macro_f1"]
-    logps = engine.answer_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size, bf16)
+    logps = engine.answer_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size, bf16, prefix)
     total, count = sum(lp for lp, _ in logps), sum(n for _, n in logps)
     # a model sure of the wrong tokens can have a loss past exp's range; cap it (JSON has no inf)
     result["perplexity"] = math.exp(min(-total / max(count, 1), 709.0))
