@@ -5,6 +5,7 @@
     tuneforge prepare data.jsonl --out data/prepared
     tuneforge serve --model smollm2-135m --adapter tickets=runs/lora
     tuneforge logs export --out corrected.jsonl
+    tuneforge jobs list --base-url http://127.0.0.1:8000/v1
 """
 
 from __future__ import annotations
@@ -440,6 +441,96 @@ def _print_stats(result: dict[str, Any]) -> None:
                           num(c.get("t"), "{:.2f}"), num(c.get("df"), "{:.1f}"), num(c.get("p"), "{:.4f}"),
                           c["verdict"])
         out.print(tests)
+
+
+jobs_app = typer.Typer(help="fine-tuning jobs on a tuneforge server (OpenAI's jobs API, over HTTP)",
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+BaseUrlOpt = typer.Option("http://127.0.0.1:8000/v1", "--base-url", help="the server's OpenAI base URL")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="TUNEFORGE_API_KEY", show_envvar=False,
+                         help="the server's API key [$TUNEFORGE_API_KEY]")
+JsonOpt = typer.Option(False, "--json", help="print the API's JSON instead of a table")
+
+
+def _jobs(base_url: str, api_key: Optional[str]):
+    from tuneforge.jobs.client import JobsClient
+
+    return JobsClient(base_url, api_key)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: int = typer.Option(20, min=1, max=100, help="jobs to show, newest first"),
+    after: Optional[str] = typer.Option(None, help="show the jobs created before this job id"),
+    base_url: str = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Fine-tuning jobs, newest first."""
+    import json
+
+    from rich.table import Table
+
+    page = _jobs(base_url, api_key).get("/fine_tuning/jobs", limit=limit, after=after)
+    if as_json:
+        out.print(json.dumps(page, indent=2), markup=False)
+        return
+    table = Table(title="fine-tuning jobs")
+    for col in ("id", "status", "model", "fine_tuned_model", "trained_tokens", "created"):
+        table.add_column(col)
+    for job in page["data"]:
+        table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "-",
+                      str(job["trained_tokens"] or "-"), _when(job["created_at"]))
+    out.print(table)
+    if page["has_more"]:
+        out.print(f"more: tuneforge jobs list --after {page['data'][-1]['id']}", markup=False)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str = typer.Argument(..., help="the job's id (ftjob-...)"), base_url: str = BaseUrlOpt,
+              api_key: Optional[str] = ApiKeyOpt, as_json: bool = JsonOpt) -> None:
+    """One job: status, model, hyperparameters, error."""
+    import json
+
+    job = _jobs(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}")
+    if as_json:
+        out.print(json.dumps(job, indent=2), markup=False)
+        return
+    for key in ("id", "status", "model", "fine_tuned_model", "training_file", "validation_file", "trained_tokens",
+                "seed"):
+        out.print(f"{key}: {job.get(key) if job.get(key) is not None else '-'}", markup=False)
+    out.print(f"method: {json.dumps(job.get('method'))}", markup=False)
+    for key in ("created_at", "estimated_finish", "finished_at"):
+        out.print(f"{key}: {_when(job[key]) if job.get(key) else '-'}", markup=False)
+    if job.get("error"):
+        out.print(f"error: {job['error']['code']}: {job['error']['message']}", markup=False)
+
+
+@jobs_app.command("events")
+def jobs_events(job_id: str = typer.Argument(..., help="the job's id (ftjob-...)"),
+                limit: int = typer.Option(100, min=1, max=1000, help="the latest N events"),
+                base_url: str = BaseUrlOpt, api_key: Optional[str] = ApiKeyOpt, as_json: bool = JsonOpt) -> None:
+    """A job's events, oldest first: validation, progress (step and loss), checkpoints, completion."""
+    import json
+
+    page = _jobs(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}/events", limit=limit)
+    if as_json:
+        out.print(json.dumps(page, indent=2), markup=False)
+        return
+    for event in reversed(page["data"]):
+        out.print(f"{_when(event['created_at'])} [{event['level']}] {event['message']}", markup=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str = typer.Argument(..., help="the job's id (ftjob-...)"), base_url: str = BaseUrlOpt,
+                api_key: Optional[str] = ApiKeyOpt) -> None:
+    """Cancel a job: its training stops at once; its events and checkpoints stay."""
+    job = _jobs(base_url, api_key).post(f"/fine_tuning/jobs/{job_id}/cancel")
+    out.print(f"{job['id']}: {job['status']}", markup=False)
+
+
+def _when(seconds: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def _report(error: TuneforgeError) -> None:

@@ -1,4 +1,5 @@
-"""A fake job process for fast route, store and worker tests of the jobs API.
+"""A fake job process for fast route, store and worker tests of the jobs API, and a live server
+with the jobs API for those tests (`Server`).
 
 It honours the contract of tuneforge.jobs.child without loading a model: it reads job.json and
 writes what prepare and train would (events.jsonl messages, run/config.yaml with total_steps,
@@ -6,12 +7,14 @@ one metrics.jsonl row and one complete checkpoint per step, adapter/, summary.js
 result.json. It resumes after its last checkpoint, as `train --resume` does. Steps take
 FAKE_STEP_S seconds (default 0.05); n_epochs x 4 steps. A training file whose name holds
 "crash" makes it exit 3 without a result; one holding "refuse" writes a failed result.
+(A training file whose text, not name, holds them.)
 
     python tests/unit/jobs_fake.py RUNS/<job id>
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -19,6 +22,54 @@ import time
 from pathlib import Path
 
 STEPS_PER_EPOCH = 4
+
+
+def fake_command(folder: Path) -> list[str]:
+    """The command the worker runs for a job (patched over tuneforge.jobs.worker.child_command)."""
+    return [sys.executable, str(Path(__file__)), str(folder)]
+
+
+class Server:
+    """A live server with the jobs API on a given folder; restartable on the same folder."""
+
+    def __init__(self, tokenizer, folder: Path, concurrency: int = 1, model: str | None = None):
+        self.tokenizer, self.folder, self.concurrency, self.model = tokenizer, folder, concurrency, model
+
+    def __enter__(self):
+        from serve_fake import BASE, FakeEngine, live_server
+        from tuneforge.jobs.config import JobsConfig
+        from tuneforge.serve.config import ServeConfig
+
+        self.engine = FakeEngine(self.tokenizer)
+        config = ServeConfig(model=self.model or BASE, log_db=self.folder / "log.db",
+                             jobs=JobsConfig(dir=self.folder / "jobs", concurrency=self.concurrency, poll_s=0.05,
+                                             max_upload_bytes=64 * 1024))
+        self._cm = live_server(config, self.engine)
+        self.live = self._cm.__enter__()
+        self.api = self.live.server.config.app.state.jobs
+        self.client = self.live.client()
+        return self
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+def upload(client, text: str, name: str = "train.jsonl"):
+    return client.files.create(file=(name, io.BytesIO(text.encode())), purpose="fine-tune")
+
+
+def wait_status(client, job_id: str, *statuses: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"{job_id} is {job.status}, not {statuses}")
+
+
+def events(client, job_id: str) -> list:
+    return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=1000))))
 
 
 def main(folder: Path) -> int:

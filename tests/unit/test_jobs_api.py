@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import time
-from pathlib import Path
 
 import openai
 import pytest
 
-from serve_fake import BASE, FakeEngine, live_server, wait_for
-from tuneforge.jobs.config import JobsConfig
-from tuneforge.serve.config import ServeConfig
-
-FAKE_CHILD = Path(__file__).with_name("jobs_fake.py")
+from jobs_fake import Server, events, fake_command, upload, wait_status
+from serve_fake import BASE, wait_for
 CHATS = "".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
                                          {"role": "assistant", "content": f"answer {i}"}]}) + "\n" for i in range(8))
 PAIRS = "".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n" for i in range(6))
@@ -29,49 +24,6 @@ def tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model)
-
-
-def fake_command(folder: Path) -> list[str]:
-    return [sys.executable, str(FAKE_CHILD), str(folder)]
-
-
-class Server:
-    """A live server with the jobs API on a given folder; restartable on the same folder."""
-
-    def __init__(self, tokenizer, folder: Path, concurrency: int = 1):
-        self.tokenizer, self.folder, self.concurrency = tokenizer, folder, concurrency
-
-    def __enter__(self):
-        self.engine = FakeEngine(self.tokenizer)
-        config = ServeConfig(model=BASE, log_db=self.folder / "log.db",
-                             jobs=JobsConfig(dir=self.folder / "jobs", concurrency=self.concurrency, poll_s=0.05,
-                                             max_upload_bytes=64 * 1024))
-        self._cm = live_server(config, self.engine)
-        self.live = self._cm.__enter__()
-        self.api = self.live.server.config.app.state.jobs
-        self.client = self.live.client()
-        return self
-
-    def __exit__(self, *exc):
-        return self._cm.__exit__(*exc)
-
-
-def upload(client, text: str, name: str = "train.jsonl"):
-    return client.files.create(file=(name, io.BytesIO(text.encode())), purpose="fine-tune")
-
-
-def wait_status(client, job_id: str, *statuses: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"{job_id} is {job.status}, not {statuses}")
-
-
-def events(client, job_id: str) -> list:
-    return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=1000))))
 
 
 @pytest.fixture(autouse=True)
