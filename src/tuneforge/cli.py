@@ -475,7 +475,7 @@ def jobs_list(
         return
     table = Table(title="fine-tuning jobs")
     for col in ("id", "status", "model", "fine_tuned_model", "trained_tokens", "created"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "id")
     for job in page["data"]:
         table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "-",
                       str(job["trained_tokens"] or "-"), _when(job["created_at"]))
@@ -492,16 +492,16 @@ def jobs_show(job_id: str = typer.Argument(..., help="the job's id (ftjob-...)")
 
     job = _jobs(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}")
     if as_json:
-        out.print(json.dumps(job, indent=2), markup=False)
+        out.print(json.dumps(job, indent=2), markup=False, soft_wrap=True)
         return
     for key in ("id", "status", "model", "fine_tuned_model", "training_file", "validation_file", "trained_tokens",
                 "seed"):
-        out.print(f"{key}: {job.get(key) if job.get(key) is not None else '-'}", markup=False)
-    out.print(f"method: {json.dumps(job.get('method'))}", markup=False)
+        out.print(f"{key}: {job.get(key) if job.get(key) is not None else '-'}", markup=False, soft_wrap=True)
+    out.print(f"method: {json.dumps(job.get('method'))}", markup=False, soft_wrap=True)
     for key in ("created_at", "estimated_finish", "finished_at"):
-        out.print(f"{key}: {_when(job[key]) if job.get(key) else '-'}", markup=False)
+        out.print(f"{key}: {_when(job[key]) if job.get(key) else '-'}", markup=False, soft_wrap=True)
     if job.get("error"):
-        out.print(f"error: {job['error']['code']}: {job['error']['message']}", markup=False)
+        out.print(f"error: {job['error']['code']}: {job['error']['message']}", markup=False, soft_wrap=True)
 
 
 @jobs_app.command("events")
@@ -513,10 +513,10 @@ def jobs_events(job_id: str = typer.Argument(..., help="the job's id (ftjob-...)
 
     page = _jobs(base_url, api_key).get(f"/fine_tuning/jobs/{job_id}/events", limit=limit)
     if as_json:
-        out.print(json.dumps(page, indent=2), markup=False)
+        out.print(json.dumps(page, indent=2), markup=False, soft_wrap=True)
         return
     for event in reversed(page["data"]):
-        out.print(f"{_when(event['created_at'])} [{event['level']}] {event['message']}", markup=False)
+        out.print(f"{_when(event['created_at'])} [{event['level']}] {event['message']}", markup=False, soft_wrap=True)
 
 
 @jobs_app.command("cancel")
@@ -524,7 +524,7 @@ def jobs_cancel(job_id: str = typer.Argument(..., help="the job's id (ftjob-...)
                 api_key: Optional[str] = ApiKeyOpt) -> None:
     """Cancel a job: its training stops at once; its events and checkpoints stay."""
     job = _jobs(base_url, api_key).post(f"/fine_tuning/jobs/{job_id}/cancel")
-    out.print(f"{job['id']}: {job['status']}", markup=False)
+    out.print(f"{job['id']}: {job['status']}", markup=False, soft_wrap=True)
 
 
 def _when(seconds: int) -> str:

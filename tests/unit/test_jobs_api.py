@@ -297,3 +297,26 @@ def test_file_names_are_labels_never_paths_and_files_in_use_stay(server):
     deleted = client.files.delete(f.id)
     assert (deleted.id, deleted.deleted) == (f.id, True)
     assert not (server.api.folders.files / f"{f.id}.jsonl").exists()
+
+
+def test_the_jobs_cli_lists_shows_follows_and_cancels_over_http(server, run_cli, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.3")
+    client = server.client
+    f = upload(client, CHATS)
+    job = client.fine_tuning.jobs.create(training_file=f.id, model=BASE, hyperparameters={"n_epochs": 5})
+    url = ["--base-url", server.live.url + "/v1"]
+    code, out, err = run_cli("jobs", "list", *url)
+    assert code == 0 and job.id in out, err
+    wait_status(client, job.id, "running")
+    code, out, _ = run_cli("jobs", "show", job.id, *url)
+    assert code == 0 and "status: running" in out and f"training_file: {f.id}" in out
+    code, out, _ = run_cli("jobs", "events", job.id, *url)
+    assert code == 0 and f"[info] Created fine-tuning job: {job.id}" in out.splitlines()[0]
+    code, out, _ = run_cli("jobs", "cancel", job.id, *url)
+    assert (code, out.strip()) == (0, f"{job.id}: cancelled")
+    code, out, err = run_cli("jobs", "cancel", job.id, *url)
+    assert code == 2 and err.startswith("invalid_job_state: ") and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("jobs", "show", "ftjob-nope", *url)
+    assert code == 2 and err.startswith("job_not_found: ")
+    code, _, err = run_cli("jobs", "list", "--base-url", "http://127.0.0.1:9/v1")
+    assert code == 2 and err.startswith("--base-url: jobs_unreachable: ")
