@@ -28,15 +28,18 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _auto_or(kind: type, words: str):
-    """A before-validator: "auto" or a JSON value of `kind`, else one error named by the field
-    alone (a plain union would name each of its members)."""
+def _auto_or(kind: type, low: float, high: float):
+    """A before-validator: "auto", or a JSON value of `kind` in [low, high] (above low for a
+    float), as one error named by the field alone (a plain union would name each member)."""
+    words = (f"a whole number from {low:g} to {high:g}" if kind is int
+             else f"a number above {low:g} and at most {high:g}")
 
     def check(value: Any) -> Any:
         if value is None or value == "auto":
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
-            raise PydanticCustomError("auto_or", "expected {words} or \"auto\"", {"words": words})
+        fits = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind)
+        if not fits or not (low <= value <= high if kind is int else low < value <= high):
+            raise PydanticCustomError("auto_or", "expected {words}, or \"auto\"", {"words": words})
         return float(value) if kind is float else value
 
     return check
@@ -50,42 +53,15 @@ class Hyperparameters(_Request):
     n_epochs: Union[Auto, int, None] = None
     tuneforge_method: TuneMethod | None = Field(None, description="tuneforge: lora|qlora|dora|full|ia3|prefix|prompt")
 
-    _whole = field_validator("batch_size", "n_epochs", mode="before")(_auto_or(int, "a whole number"))
-    _number = field_validator("learning_rate_multiplier", mode="before")(_auto_or(float, "a number"))
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, value):
-        if isinstance(value, int) and not 1 <= value <= 256:
-            raise ValueError("must be between 1 and 256, or auto")
-        return value
-
-    @field_validator("n_epochs")
-    @classmethod
-    def _epochs(cls, value):
-        if isinstance(value, int) and not 1 <= value <= 50:
-            raise ValueError("must be between 1 and 50, or auto")
-        return value
-
-    @field_validator("learning_rate_multiplier")
-    @classmethod
-    def _multiplier(cls, value):
-        if isinstance(value, float) and not 0 < value <= 10:
-            raise ValueError("must be above 0 and at most 10, or auto")
-        return value
+    _batch = field_validator("batch_size", mode="before")(_auto_or(int, 1, 256))
+    _epochs = field_validator("n_epochs", mode="before")(_auto_or(int, 1, 50))
+    _multiplier = field_validator("learning_rate_multiplier", mode="before")(_auto_or(float, 0, 10))
 
 
 class DpoHyperparameters(Hyperparameters):
     beta: Union[Auto, float, None] = None
 
-    _beta_number = field_validator("beta", mode="before")(_auto_or(float, "a number"))
-
-    @field_validator("beta")
-    @classmethod
-    def _beta(cls, value):
-        if isinstance(value, float) and not 0 < value <= 2:
-            raise ValueError("must be above 0 and at most 2, or auto")
-        return value
+    _beta = field_validator("beta", mode="before")(_auto_or(float, 0, 2))
 
 
 class SupervisedMethod(_Request):

@@ -9,13 +9,15 @@ running <-> paused. Each poll the worker
 
 1. validates new jobs against their files' stored validation (tuneforge.jobs.files): a bad
    file fails the job with the first bad lines in its error and every one in its events;
-2. acts on cancel and pause asked for while running: the child is stopped at once (its
-   checkpoints are atomic, so the last one stays usable) and the job is cancelled or paused;
-3. reads each child's output into the job: its messages, one metrics event per step
+2. reads each child's output into the job: its messages, one metrics event per step
    (metrics.jsonl), a checkpoint per complete checkpoint folder, the estimated finish; and
    when the child has ended, the result: the adapter is handed to `publish` (the server
    loads it under the job's fine_tuned_model) before the job is marked succeeded;
-4. starts queued jobs, in queue order, while fewer than `concurrency` run.
+3. starts queued jobs, in queue order, while fewer than `concurrency` run.
+
+Cancel, pause and resume (`cancel`, `pause`, `resume`, from the routes) take effect before
+they return: a running child is stopped at once (its checkpoints are atomic, so the last one
+stays usable), what it wrote is read, and the job is cancelled, paused or queued again.
 
 What the worker has read of a child's output (the cursor) is stored with each event in the
 same transaction, so after a restart nothing is recorded twice or lost. A child is started
