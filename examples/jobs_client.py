@@ -4,7 +4,7 @@
     python examples/jobs_client.py --base-url http://127.0.0.1:8000/v1 --api-key sk-local   # a running server
 
 Only `base_url` and `api_key` differ from code written for a hosted service. The training data
-is 32 short support tickets made here (billing / technical / account), one epoch on the built-in
+is 24 short support tickets made here (billing / technical / account), one epoch on the built-in
 model, so the run takes a minute or two on a laptop CPU. Everything printed (the job, its events
 oldest first, its checkpoints, the fine-tuned model's answers) is also written to --out.
 """
@@ -43,7 +43,7 @@ def training_jsonl() -> str:
     rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text},
                           {"role": "assistant", "content": label}]}
             for label, texts in TICKETS.items() for text in texts]
-    rows += rows[:8]  # 32 examples: four steps of 8 (exact repeats are removed by prepare; see the events)
+    rows += rows[:8]  # 8 exact repeats, which prepare removes (see the events): 24 tickets, 3 steps of 8
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
