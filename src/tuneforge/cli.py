@@ -533,6 +533,43 @@ def _when(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
+def _serve_config(config: Optional[Path]):
+    from tuneforge.serve.config import load_serve_config
+
+    return load_serve_config(config)
+
+
+@app.command()
+def monitor(
+    route: str = typer.Option(..., "--route", help="the rollout route to watch"),
+    since: Optional[str] = typer.Option(None, help="window: 30m, 24h, 7d [the config's monitor.since, 7d]"),
+    db: Optional[Path] = typer.Option(None, "--db", help="the server's request log [the config's log_db]"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the serve config (routes, adapters, "
+                                          "monitor: thresholds)"),
+    adapter: list[str] = typer.Option([], help="NAME=RUN_DIR of a served adapter the config does not list"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    fail_if: Optional[str] = typer.Option(None, help='exit 1 when it holds, e.g. "tickets.input_ngram_p < 0.01 or '
+                                          'support.failed_checks > 0"'),
+) -> None:
+    """Input drift, output drift and feedback of a route's variants; checks; promotion history.
+    The figures also go to the log DB, where the server's /metrics shows them."""
+    from tuneforge.monitor.run import Request, fail_if as holds, monitor as run_monitor, to_json
+    from tuneforge.monitor.show import print_report
+
+    cfg = _serve_config(config)
+    adapters = {**cfg.adapters, **{k: Path(v) for k, v in _named_adapters(adapter).items()}}
+    report = run_monitor(Request(route=route, db=db or cfg.log_db, config=cfg.monitor, since=since,
+                                 routes={n: r.variants for n, r in cfg.routes.items()}, adapters=adapters))
+    failed = holds(fail_if, report) if fail_if else False
+    if as_json:
+        out.print(to_json(report), markup=False, soft_wrap=True)
+    else:
+        print_report(report, out)
+    if failed:
+        err.print(f"fail-if holds: {fail_if}", markup=False)
+        raise typer.Exit(1)
+
+
 def _report(error: TuneforgeError) -> None:
     lines = [p.line() for p in error.problems]
     for line in lines[:MAX_PRINTED]:

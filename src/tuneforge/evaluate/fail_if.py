@@ -151,6 +151,11 @@ def _not_empty(expr: str) -> None:
         raise _error("the condition is empty; e.g. 'tuned.accuracy < 0.8'")
 
 
+def references(expr: str) -> list[tuple[str, str]]:
+    """The (variant, metric) pairs the condition names, in order."""
+    return [match.groups() for match in _REF.finditer(expr)]
+
+
 def validate(expr: str, metric_names: dict[str, Iterable[str]]) -> None:
     """TuneforgeError when the condition could never be computed: bad syntax, an operator that is
     not allowed, an unknown variant or metric, a number where a comparison belongs (or the reverse).

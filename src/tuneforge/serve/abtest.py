@@ -84,14 +84,19 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def stats(db, control: str | None = None) -> dict[str, Any]:
-    """{"variants": [...per (route, variant)...], "comparisons": [...per route, variant vs control...]}."""
+def stats(db, control: str | None = None, since: float | None = None, route: str | None = None) -> dict[str, Any]:
+    """{"variants": [...per (route, variant)...], "comparisons": [...per route, variant vs control...]};
+    `since` (unix seconds) and `route` keep only the requests that arrived from then, for that route."""
     conn = connect(db, readonly=True)
     feedback = _latest_feedback(conn)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     order: dict[str, list[str]] = {}
+    where, args = ["time >= ?"], [since if since is not None else float("-inf")]
+    if route is not None:
+        where.append("route = ?")
+        args.append(route)
     for row in conn.execute("SELECT id, route, variant, model, status, latency_ms, completion_tokens "
-                            "FROM interactions ORDER BY time"):
+                            f"FROM interactions WHERE {' AND '.join(where)} ORDER BY time", args):
         route = row["route"] or "-"
         variant = row["variant"] or row["model"] or "-"
         group = groups.setdefault((route, variant), {"latency": [], "requests": 0, "errors": 0, "tokens": 0,

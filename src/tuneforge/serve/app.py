@@ -141,7 +141,7 @@ def create_app(config: ServeConfig, engine, reload: Callable[[], ServeConfig] | 
     life = Lifecycle()
     service = Service(config=config, engine=engine, keys=Keys(config.api_keys, config.admin_key_sha256),
                       rollout=Rollout(), log=InteractionLog(config.log_db),
-                      metrics=Metrics(engine.stats, life), life=life, reload=reload)
+                      metrics=Metrics(engine.stats, life, config.log_db), life=life, reload=reload)
     service.check_routes(config.routes)
     service.rollout.replace(config.routes)
     jobs = None

@@ -9,6 +9,7 @@
     admin_key_sha256: ...                     # for /v1/adapters, /v1/routes, /admin/reload
     routes:
       support: {variants: {smollm2-135m: 90, tickets-v1: 10}}
+    monitor: {drift_p: 0.01, max_invalid_rate: 0.1, min_feedback: 20}   # see tuneforge/monitor/config.py
 
 Keys are kept in files only as the sha256 of the key (`printf %s KEY | sha256sum`); a plain
 key is given with `--api-key` / `--admin-key` and hashed at once, so no plain key is ever held
@@ -27,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from tuneforge.config import Strict, build_config
 from tuneforge.jobs.config import JobsConfig
 from tuneforge.models.resolve import DEFAULT_MODEL
+from tuneforge.monitor.config import MonitorConfig
 from tuneforge.paths import home
 
 # long enough for a fine-tuning job's model, ft:<base>:<suffix>:<job id> (tuneforge.jobs); never a path
@@ -107,6 +109,8 @@ class ServeConfig(Strict):
     shutdown_grace_s: float = Field(60.0, ge=0, description="how long a shutdown waits for in-flight requests")
     routes: dict[str, RouteConfig] = Field(default_factory=dict, description="rollouts: name -> variants")
     log_db: Path = Field(default_factory=default_log_db, description="SQLite file logging every request")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="tuneforge monitor's thresholds and "
+                                   "retrain's promotion steps (tuneforge.monitor.config)")
     jobs: JobsConfig = Field(default_factory=JobsConfig, description="the fine-tuning jobs API (tuneforge.jobs)")
 
     @field_validator("admin_key_sha256")

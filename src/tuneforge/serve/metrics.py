@@ -7,6 +7,9 @@
     tuneforge_tokens_per_second                                   completion tokens over the last 60 s
     tuneforge_engine_<stat>                                       each number in engine.stats() (queue depth, ...)
     tuneforge_in_flight_requests, tuneforge_draining
+    tuneforge_monitor_signal{route,variant,signal}                the latest `tuneforge monitor` figures (drift
+    tuneforge_monitor_updated_seconds{route}                      p-values, invalid rate, scores, failed checks)
+                                                                  and when they were computed (monitor/store.py)
 
 Each app gets its own registry, so several servers (tests) in one process do not mix counts.
 `model` and `variant` only ever hold served names or route names ("" before a request named a
@@ -48,8 +51,41 @@ class _EngineCollector:
         yield GaugeMetricFamily("tuneforge_draining", "1 while shutting down", value=int(self._life.draining))
 
 
+class _MonitorCollector:
+    """The figures `tuneforge monitor` last pushed into the log DB, read at scrape time: the
+    monitor computes them (it has the training data and evals), the server only shows them."""
+
+    def __init__(self, log_db):
+        self._db = log_db
+
+    def collect(self):
+        from tuneforge.monitor.store import latest_signals
+        from tuneforge.serve.log import connect
+
+        try:
+            conn = connect(self._db, readonly=True)
+            try:
+                rows = latest_signals(conn)
+            finally:
+                conn.close()
+        except Exception:  # no log yet, or busy: a scrape must not fail
+            rows = []
+        value = GaugeMetricFamily("tuneforge_monitor_signal", "latest tuneforge monitor figure",
+                                  labels=["route", "variant", "signal"])
+        updated = GaugeMetricFamily("tuneforge_monitor_updated_seconds", "unix time of the last monitor run",
+                                    labels=["route"])
+        seen = set()
+        for row in rows:
+            value.add_metric([row["route"], row["variant"], row["signal"]], row["value"])
+            if row["route"] not in seen:
+                seen.add(row["route"])
+                updated.add_metric([row["route"]], row["time"])
+        yield value
+        yield updated
+
+
 class Metrics:
-    def __init__(self, engine_stats: Callable[[], dict[str, Any]], life):
+    def __init__(self, engine_stats: Callable[[], dict[str, Any]], life, log_db=None):
         self.registry = CollectorRegistry()
         self.requests = Counter("tuneforge_requests", "requests answered, by status",
                                 ["endpoint", "model", "variant", "status"], registry=self.registry)
@@ -65,6 +101,8 @@ class Metrics:
         Gauge("tuneforge_tokens_per_second", f"completion tokens per second over the last {WINDOW_S:g} s",
               registry=self.registry).set_function(self._rate)
         self.registry.register(_EngineCollector(engine_stats, life))
+        if log_db is not None:
+            self.registry.register(_MonitorCollector(log_db))
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
 
