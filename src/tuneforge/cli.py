@@ -263,17 +263,19 @@ def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="folder for everything the demo writes"),
     data: Optional[Path] = typer.Option(None, help="tickets to use instead of examples/support_tickets.jsonl"),
     epochs: int = typer.Option(2, min=1, help="LoRA epochs"),
+    precision: str = typer.Option("auto", help="auto (bf16 where the CPU has it), bf16 or fp32"),
 ) -> None:
     """Prepare the example tickets, score the base model, fine-tune with LoRA, score again."""
     from tuneforge.demo import demo as run_demo
 
-    result = run_demo(out_dir, data, epochs)
+    result = run_demo(out_dir, data, epochs, precision=precision)
     _print_eval(result, out_dir)
     scores = {name: values["accuracy"] for name, values in result["variants"].items()}
     best_base = max(v for k, v in scores.items() if k.startswith("base-"))
     gain = scores["tuned"] - best_base
     out.print(f"tuned accuracy {scores['tuned']:.3f} vs best baseline {best_base:.3f}: "
-              f"{gain * 100:+.1f} points, in {result['demo_seconds'] / 60:.1f} minutes", markup=False)
+              f"{gain * 100:+.1f} points, in {result['demo_seconds'] / 60:.1f} minutes ({result['precision']})",
+              markup=False)
 
 
 @app.command()

@@ -17,26 +17,31 @@ from tuneforge.errors import Problem, TuneforgeError
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_tickets.jsonl"
 
 
-def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console | None = None) -> dict[str, Any]:
+def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console | None = None,
+         precision: str = "auto") -> dict[str, Any]:
+    """precision: auto (bf16 where the CPU has it), bf16 or fp32, for training and scoring alike."""
     from tuneforge.data.config import PrepareConfig
     from tuneforge.data.prepare import prepare
     from tuneforge.evaluate.config import EvalConfig
     from tuneforge.evaluate.run import Variant, assemble, load_examples, run_all, variants
     from tuneforge.models.tuned import load_tuned
     from tuneforge.train.config import TrainConfig
-    from tuneforge.train.run import train
+    from tuneforge.train.run import bf16_supported, train
 
     console = console or Console(stderr=True)
     source = data or EXAMPLE
     if not source.exists():
         raise TuneforgeError(Problem("file_not_found", "the example tickets are missing; run "
                                      "`python examples/make_support_tickets.py` or pass --data FILE", str(source)))
+    if precision not in ("auto", "bf16", "fp32"):
+        raise TuneforgeError(Problem("invalid_value", f"must be auto, bf16 or fp32, got {precision!r}", "--precision"))
+    bf16 = bf16_supported("cpu") if precision == "auto" else precision == "bf16"
     started = time.perf_counter()
     console.rule("1/4 prepare the data")
     prepare(PrepareConfig(inputs=[source], out=out / "data"))
     console.print(f"prepared: {out / 'data' / 'report.md'}")
 
-    cfg = EvalConfig(data=out / "data", out=out, adapters={"tuned": out / "run"})
+    cfg = EvalConfig(data=out / "data", out=out, adapters={"tuned": out / "run"}, bf16=bf16)
     examples = load_examples(cfg)
     console.rule(f"2/4 score the base model on {len(examples.references)} held-out tickets")
     base = run_all(cfg, examples, [v for v in variants(cfg) if v.name.startswith("base-")])
@@ -51,10 +56,11 @@ def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console 
             import shutil
 
             shutil.rmtree(run)
-    train(TrainConfig(data=out / "data", out=run, method="lora", epochs=epochs, resume=resume))
+    train(TrainConfig(data=out / "data", out=run, method="lora", epochs=epochs, resume=resume, bf16=bf16))
 
     console.rule("4/4 score the fine-tune")
     tuned = run_all(cfg, examples, [Variant("tuned", lambda: load_tuned(run))])
     result = assemble(cfg, examples, {**base, **tuned})
     result["demo_seconds"] = round(time.perf_counter() - started, 1)
+    result["precision"] = "bf16" if bf16 else "fp32"
     return result

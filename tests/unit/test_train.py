@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
@@ -220,6 +221,19 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_model, chat_data, tmp_pat
                            learning_rate=0.5, early_stopping_patience=2), progress=False)
     assert summary["stopped_early"] and summary["steps"] < 40
     assert summary["best_eval_loss"] <= summary["final_eval_loss"]
+
+
+def test_auto_epochs_stop_when_validation_stops_improving(tiny_model, chat_data, tmp_path):
+    # epochs auto is an upper bound: three evals in a row without a better loss end the run
+    summary = train(config(tiny_model, chat_data, tmp_path / "run", epochs="auto", max_steps=40, eval_steps=1,
+                           learning_rate=0.5), progress=False)
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["early_stopping_patience"] == 3
+    assert summary["stopped_early"] and summary["steps"] < resolved["total_steps"]
+    assert summary["best_eval_loss"] <= summary["final_eval_loss"]
+    fixed = train(config(tiny_model, chat_data, tmp_path / "fixed", epochs=1, max_steps=6, eval_steps=1,
+                         learning_rate=0.5), progress=False)
+    assert not fixed["stopped_early"] and fixed["steps"] == 6  # a fixed count is run as asked
 
 
 def test_dpo_on_preference_pairs(tiny_model, tmp_path):

@@ -70,7 +70,7 @@ class TrainConfig(Strict):
     eval_steps: Union[Positive, Auto] = Field("auto", description="validation loss every N steps (auto: ~10 per run)")
     save_steps: Union[Positive, Auto] = Field("auto", description="checkpoint every N steps (auto: = eval_steps)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the best is kept too)")
-    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evals without improvement")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evals without improvement (epochs auto: 3)")
     eval_limit: int = Field(200, ge=1, description="validation examples used for eval loss")
     lora: LoraSection = LoraSection()
     virtual: VirtualTokensSection = VirtualTokensSection()

@@ -30,6 +30,9 @@ from tuneforge.train.config import PROMPT_METHODS, TrainConfig
 LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5, "ia3": 5e-3, "prefix": 1e-2,
                   "prompt": 3e-2}
 MIN_EXAMPLES_SEEN, MAX_EXAMPLES_SEEN, MAX_AUTO_EPOCHS = 2000, 25000, 8
+# with `epochs: auto` the count is an upper bound: the run stops once this many validation
+# losses in a row failed to beat the best (the best checkpoint is what the run keeps anyway)
+AUTO_EPOCHS_PATIENCE = 3
 
 
 def auto_epochs(n: int) -> int:
@@ -168,8 +171,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     model, optimizer = accelerator.prepare(model, optimizer)
     eval_steps = cfg.eval_steps if cfg.eval_steps != "auto" else max(1, total_steps // 10)
     save_steps = cfg.save_steps if cfg.save_steps != "auto" else eval_steps
+    patience = cfg.early_stopping_patience
+    if patience is None and cfg.epochs == "auto" and val_items:
+        patience = AUTO_EPOCHS_PATIENCE
     resolved = {**json.loads(cfg.model_dump_json()), **settings, "objective": objective, "eval_steps": eval_steps,
-                "save_steps": save_steps, "total_steps": total_steps}
+                "save_steps": save_steps, "total_steps": total_steps, "early_stopping_patience": patience}
 
     out.mkdir(parents=True, exist_ok=True)
     ckpts.clean_partial()
@@ -181,7 +187,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         train=train_items, val=val_items, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, seed=cfg.seed, packing=settings["packing"],
         pad_id=tokenizer.pad_token_id, bf16=settings["bf16"], max_grad_norm=cfg.max_grad_norm,
-        eval_steps=eval_steps, save_steps=save_steps, patience=cfg.early_stopping_patience,
+        eval_steps=eval_steps, save_steps=save_steps, patience=patience,
         virtual_tokens=cfg.virtual.num_virtual_tokens if cfg.method == "prompt" else 0, beta=cfg.dpo.beta,
         checkpoints=ckpts, best_path=out / "checkpoints" / "best.pt", log=tracker.log)
     if objective == "dpo":
