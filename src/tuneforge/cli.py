@@ -572,6 +572,88 @@ def monitor(
         raise typer.Exit(1)
 
 
+retrain_app = typer.Typer(help="retrain a route's adapter on logged corrections; promote it step by step")
+app.add_typer(retrain_app, name="retrain")
+AdminKeyOpt = typer.Option(None, "--admin-key", envvar="TUNEFORGE_ADMIN_KEY", help="the server's admin key "
+                           "[$TUNEFORGE_ADMIN_KEY]")
+ServerOpt = typer.Option(None, "--server", help="the server's base URL, e.g. http://127.0.0.1:8000 "
+                         "(with --admin-key: take the first promotion step at once)")
+
+
+@retrain_app.callback(invoke_without_command=True)
+def retrain(
+    ctx: typer.Context,
+    route: Optional[str] = typer.Option(None, "--route", help="the rollout route whose adapter is retrained"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="the new run folder"),
+    min_new: Optional[int] = typer.Option(None, min=1, help="logged corrections/good answers needed "
+                                          "[monitor.min_new, 20]"),
+    margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="how much better (main metric) the "
+                                           "candidate must be [monitor.margin, 0]"),
+    name: Optional[str] = typer.Option(None, help="the candidate's served name [ROUTE-RUNNAME]"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the serve config"),
+    db: Optional[Path] = typer.Option(None, "--db", help="the server's request log [the config's log_db]"),
+    adapter: list[str] = typer.Option([], help="NAME=RUN_DIR of a served adapter the config does not list"),
+    server: Optional[str] = ServerOpt,
+    admin_key: Optional[str] = AdminKeyOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Dataset from the adapter's training data plus logged corrections (prepare), a candidate from the
+    same config (train), current vs candidate on held-out plus fresh examples (eval): exit 1 unless
+    the candidate is better by --margin. Then `tuneforge retrain promote` moves it 10% -> 50% -> 100%."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tuneforge.monitor.retrain import RetrainRequest, retrain as run_retrain
+
+    missing = [Problem("missing_option", f"{flag} is required", flag) for flag, v in
+               (("--route", route), ("--out", out_dir)) if v is None]
+    if missing:
+        raise TuneforgeError(missing)
+    cfg = _serve_config(config)
+    adapters = {**cfg.adapters, **{k: Path(v) for k, v in _named_adapters(adapter).items()}}
+    result = run_retrain(RetrainRequest(route=route, out=out_dir, db=db or cfg.log_db, config=cfg.monitor,
+                                        routes={n: r.variants for n, r in cfg.routes.items()}, adapters=adapters,
+                                        min_new=min_new, margin=margin, name=name, overrides=overrides),
+                         say=lambda line: err.print(line, markup=False))
+    out.print(f"candidate {result['candidate']} accepted: {result['metric']} {result['candidate_score']:.4f} vs "
+              f"{result['current_score']:.4f} ({result['diff']:+.4f}, margin {result['margin']:g}) on "
+              f"{result['test_examples']} test examples, {result['fresh_examples']} of them fresh", markup=False)
+    if server and admin_key:
+        _promote_step(route, config, db, server, admin_key)
+    else:
+        out.print(f"next: tuneforge retrain promote --route {route} --server URL --admin-key KEY (from cron)",
+                  markup=False)
+
+
+def _promote_step(route: str, config: Optional[Path], db: Optional[Path], server: str, admin_key: str) -> None:
+    from tuneforge.monitor.promote import PromoteRequest, promote
+
+    cfg = _serve_config(config)
+    row = promote(PromoteRequest(route=route, db=db or cfg.log_db, server=server, admin_key=admin_key,
+                                 config=cfg.monitor, adapters=dict(cfg.adapters)))
+    state = "nothing to do: " if row.get("done") or row.get("unchanged") else ""
+    out.print(f"{state}{row['candidate']} {row['action']} ({_pct(row['percent'])}): {row['why']}", markup=False)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+@retrain_app.command("promote")
+def retrain_promote(
+    route: str = typer.Option(..., "--route", help="the route whose candidate is being promoted"),
+    server: str = typer.Option(..., "--server", help="the server's base URL, e.g. http://127.0.0.1:8000"),
+    admin_key: Optional[str] = AdminKeyOpt,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the serve config (monitor: thresholds)"),
+    db: Optional[Path] = typer.Option(None, "--db", help="the server's request log [the config's log_db]"),
+) -> None:
+    """One promotion step (run it from cron): first share, hold for feedback, next share, or roll back
+    (exit 1) when a monitor check fails on the candidate."""
+    if not admin_key:
+        raise TuneforgeError(Problem("missing_option", "the server's admin key is required (--admin-key or "
+                                     "$TUNEFORGE_ADMIN_KEY)", "--admin-key"))
+    _promote_step(route, config, db, server, admin_key)
+
+
 def _report(error: TuneforgeError) -> None:
     lines = [p.line() for p in error.problems]
     for line in lines[:MAX_PRINTED]:

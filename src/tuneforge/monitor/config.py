@@ -51,8 +51,8 @@ class MonitorConfig(Strict):
     promote_steps: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0],
                                        description="the candidate's share of the route at each step; ends at 100")
     min_feedback: int = Field(20, ge=1, description="scores on the candidate each promotion step waits for")
-    margin: float = Field(0.0, ge=-1, le=1, description="retrain: the candidate must beat the current adapter "
-                          "by at least this on the main metric")
+    margin: float = Field(0.0, ge=0, le=1, description="retrain: the candidate must beat the current adapter "
+                          "by more than 0 and at least this on the main metric")
     min_new: int = Field(20, ge=1, description="retrain: logged corrections or good answers needed")
     good_score: float | None = Field(4.0, description="retrain: answers scored at least this count as good "
                                      "examples; unset: only corrections")

@@ -40,6 +40,6 @@ def trend(scored: list[tuple[float, float]], start: float, end: float) -> dict[s
     return result
 
 
-def ab(db, route: str, since: float) -> list[dict[str, Any]]:
-    """serve.abtest's comparisons (each variant vs the busiest) for this route and window."""
-    return abtest.stats(db, since=since, route=route)["comparisons"]
+def ab(db, route: str, since: float, control: str | None = None) -> list[dict[str, Any]]:
+    """serve.abtest's comparisons (each variant vs `control`, else the busiest) for this route and window."""
+    return abtest.stats(db, control, since=since, route=route)["comparisons"]

@@ -46,6 +46,8 @@ class Request:
     routes: dict[str, dict[str, float]] = field(default_factory=dict)  # the serve config's routes
     adapters: dict[str, Path] = field(default_factory=dict)  # served name -> run folder
     since: str | None = None
+    start: float | None = None  # unix seconds: the window's start, instead of `since` (a promotion step's start)
+    control: str | None = None  # the A/B control (default: the busiest variant)
     now: float | None = None
     write: bool = True  # push the signals into the log DB for /metrics
 
@@ -60,8 +62,8 @@ def since_seconds(text: str) -> float:
 def monitor(req: Request) -> dict[str, Any]:
     cfg = req.config
     now = req.now if req.now is not None else time.time()
-    window = since_seconds(req.since or cfg.since)
-    start = now - window
+    start = req.start if req.start is not None else now - since_seconds(req.since or cfg.since)
+    window = now - start
     history = store.promotions(req.db, req.route)
     runs = dict(req.adapters)
     for entry in history:  # a retrained candidate is served under a name the serve config may not have
@@ -74,15 +76,17 @@ def monitor(req: Request) -> dict[str, Any]:
                                      "request log or the promotions; routes in the config: "
                                      f"{', '.join(sorted(req.routes)) or '(none)'}", "--route"))
     shares = _shares(req, history)
-    comparisons = feedback.ab(req.db, req.route, start)
+    comparisons = feedback.ab(req.db, req.route, start, req.control)
     report: dict[str, Any] = {"route": req.route, "since": start, "until": now, "window_s": window,
                               "db": str(req.db), "variants": {}, "comparisons": comparisons}
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
         entry: dict[str, Any] = {"requests": len(mine), "errors": sum(r["status"] != 200 for r in mine),
                                  "share": shares.get(name), "run": str(runs[name]) if name in runs else None}
-        if name in runs:
-            ref = drift.reference(runs[name])
+        ref = _reference(runs[name]) if name in runs else None
+        if isinstance(ref, str):
+            entry["input"] = {"status": ref}
+        elif ref is not None:
             prompts = [p for p in (drift.logged_prompt(r["endpoint"], r["prompt"]) for r in mine) if p is not None]
             answers = [r["completion"] for r in mine if r["status"] == 200 and r["completion"] is not None]
             entry["input"] = drift.input_drift(ref, prompts, cfg)
@@ -96,6 +100,14 @@ def monitor(req: Request) -> dict[str, Any]:
     if req.write:
         store.write_signals(req.db, req.route, report["signals"])
     return report
+
+
+def _reference(run: Path) -> drift.Reference | str:
+    """The adapter's training reference, or why there is none (the other signals still count)."""
+    try:
+        return drift.reference(run)
+    except TuneforgeError as exc:
+        return "; ".join(p.line() for p in exc.problems)
 
 
 def _interactions(db: Path, route: str, start: float) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ def print_report(report: dict[str, Any], out: Console) -> None:
     for name, v in report["variants"].items():
         inp, outp, fb = v.get("input") or {}, v.get("output") or {}, v["feedback"]
         drift = ("DRIFT" if inp["drifted"] else "no") if "drifted" in inp else \
-            ("too few" if inp else "no run")
+            ("too few" if inp.get("status", "").startswith("not enough") else "no reference" if inp else "no run")
         ci = f"{_num(fb.get('mean_score'), '{:.2f}')} [{_num(fb.get('score_ci_low'), '{:.2f}')}, " \
              f"{_num(fb.get('score_ci_high'), '{:.2f}')}]" if fb["feedback"] else "-"
         table.add_row(name, _num(v["share"], "{:g}"), str(v["requests"]), escape(drift),

@@ -186,8 +186,9 @@ def _latest_feedback(conn: sqlite3.Connection) -> dict[str, sqlite3.Row]:
     return latest
 
 
-def export(db: Path, out: Path, min_score: float | None = None) -> dict[str, int]:
-    """Write corrected or well-scored chat interactions as training JSONL; returns counts."""
+def export(db: Path, out: Path, min_score: float | None = None, route: str | None = None) -> dict[str, int]:
+    """Write corrected or well-scored chat interactions (with `route`: only that route's) as training
+    JSONL; returns counts."""
     conn = connect(db, readonly=True)
     feedback = _latest_feedback(conn)
     counts = {"written": 0, "corrected": 0, "scored": 0, "skipped_not_chat": 0}
@@ -198,7 +199,7 @@ def export(db: Path, out: Path, min_score: float | None = None) -> dict[str, int
         if not (corrected or scored):
             continue
         row = conn.execute("SELECT * FROM interactions WHERE id = ?", (interaction_id,)).fetchone()
-        if row is None or row["status"] != 200:
+        if row is None or row["status"] != 200 or (route is not None and row["route"] != route):
             continue
         if row["endpoint"] != "chat":  # a bare prompt is not a conversation; prepare's chat format needs one
             counts["skipped_not_chat"] += 1
