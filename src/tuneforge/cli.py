@@ -654,6 +654,37 @@ def retrain_promote(
     _promote_step(route, config, db, server, admin_key)
 
 
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="run folder from `tuneforge train` (or its adapter/)"),
+    format: str = typer.Option("gguf", "--format", help="gguf (the only format so far)"),
+    quant: str = typer.Option("f16", "--quant", help="f16|q8_0"),
+    out_file: Path = typer.Option(..., "--out", "-o", help="the .gguf file to write"),
+    samples: int = typer.Option(16, min=1, help="validation prompts in the parity check"),
+) -> None:
+    """The merged model as GGUF, an Ollama Modelfile beside it, and a parity check against the adapter
+    through llama.cpp (greedy answers, next-token KL) written to FILE.export.json; exit 1 beyond tolerance."""
+    from tuneforge.export.gguf import export
+
+    if format != "gguf":
+        raise TuneforgeError(Problem("invalid_value", f"--format {format!r}: only gguf is supported", "--format"))
+    report = export(run, out_file, quant, samples)
+    out.print(f"wrote {report['gguf']} ({report['bytes'] / 1e6:.0f} MB, {quant}) and {report['modelfile']} "
+              f"(stop {report['stop_token']})", markup=False)
+    check = report["parity"]
+    if not check["checked"]:
+        err.print(f"warning: parity not checked: {check['reason']}", markup=False)
+        return
+    tol = check["tolerance"]
+    out.print(f"parity over {check['prompts']} validation prompts: tokenizer {check['tokenizer_match']:.0%}, "
+              f"max KL {check['max_kl']:.2e} (<= {tol['max_kl']:g}), greedy answers {check['greedy_match']:.0%} "
+              f"(>= {tol['greedy_match']:.0%}), answer tokens {check['forced_match']:.0%} (>= {tol['forced_match']:.0%}), "
+              f"top-1 {check['top1_match']:.0%}", markup=False)
+    if not check["ok"]:
+        raise TuneforgeError(Problem("parity_failed", f"the GGUF file does not answer like the adapter (see "
+                                     f"{out_file.with_suffix('.export.json')})", str(out_file)), exit_code=1)
+
+
 def _report(error: TuneforgeError) -> None:
     lines = [p.line() for p in error.problems]
     for line in lines[:MAX_PRINTED]:

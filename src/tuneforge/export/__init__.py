@@ -1,0 +1,1 @@
+"""Export a fine-tune for other runtimes: `tuneforge export RUN --format gguf` (gguf.py)."""
