@@ -32,13 +32,21 @@ def wait_healthy(client: openai.OpenAI, process: subprocess.Popen, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}: {process.stderr.read()}")
+            output = process.stderr.read() if process.stderr else "(its output went to a file)"
+            raise AssertionError(f"serve exited with {process.returncode}: {output}")
         try:
             client.models.list()
             return
         except openai.APIConnectionError:
             time.sleep(0.5)
     raise AssertionError("serve did not come up")
+
+
+def ensure_stopped(process: subprocess.Popen) -> None:
+    """Kill a server that a failing test left running."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)
 
 
 def test_serve_cli_answers_like_generate_reloads_on_sighup_and_drains_on_sigterm(tmp_path: Path):
@@ -72,6 +80,4 @@ def test_serve_cli_answers_like_generate_reloads_on_sighup_and_drains_on_sigterm
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
+        ensure_stopped(process)

@@ -2,6 +2,7 @@
 
 - api.py: what the server asks of an engine (GenRequest, GenEvent, Engine, QueueFull, ShuttingDown)
 - scheduler.py: Scheduler, the real Engine: continuous batching, many LoRA adapters on one base
+- vllm_engine.py: VllmEngine, the same Engine over vLLM's async engine (`serve --backend vllm`)
 - adapters.py: loading, checking and evicting adapters
 - lora.py: every held adapter's LoRA terms, applied per row of one batch
 - kvcache.py: the running batch's left-padded KV cache (join, drop rows)

@@ -20,6 +20,9 @@ evicted adapter loads it again from its folder before its prefill. An adapter th
 the running batch use is never evicted, so while more distinct adapters are in flight than
 the limit, more are held; the set shrinks back at the next idle moment.
 
+The file-only checks (`check_adapter_files`, `adapter_tokenizer`) are module functions, so the
+vLLM engine (`inference.vllm_engine`) refuses the same adapters with the same codes.
+
 Each load gets a fresh key (`a0`, `a1`, ...), distinct from the served name, so an
 adapter loaded again under the same name (an update) never clashes with the old weights
 that requests already running still use; those are deleted when their last row leaves.
@@ -71,51 +74,10 @@ class AdapterSet:
 
     def check(self, name: str, path: str | Path) -> Adapter:
         """Read a run folder and refuse what cannot share a batch on this base."""
-        folder = artifact_dir(Path(path))
-        where = str(path)
-        if not (folder / "adapter_config.json").exists():
-            raise TuneforgeError(Problem(
-                "not_an_adapter", "this is a full model (a full fine-tune or a merged model), not an adapter on "
-                "the served base; serve it on its own with `tuneforge serve --model " + str(folder) + "`", where))
-        config = _read_json(folder / "adapter_config.json", where)
-        marker = folder / "tuneforge.json"
-        method = _read_json(marker, where).get("method", "lora") if marker.exists() else "lora"
-        variants = _lora_variants(config)
-        if config.get("peft_type") != "LORA" or variants:
-            kind = f"LoRA with {', '.join(variants)}" if variants else f"{config.get('peft_type')}"
-            raise TuneforgeError(Problem(
-                "adapter_not_mixable", f"a '{method}' adapter ({kind}) cannot share a batch with other adapters "
-                "(only plain LoRA and QLoRA adapters can); merge it with `tuneforge merge` and serve the merged "
-                "model with --model, or train it with method lora", where))
-        self._check_base(base_of(folder), where)
-        if not (folder / "adapter_model.safetensors").exists():
-            raise TuneforgeError(Problem("not_an_adapter", "no adapter_model.safetensors next to adapter_config.json; "
-                                         "pass a run folder written by `tuneforge train`", where))
-        from transformers import AutoTokenizer
-
-        tokenizer = template.ensure_pad(AutoTokenizer.from_pretrained(str(folder)))
-        rows = self.base_model.get_input_embeddings().num_embeddings
-        if len(tokenizer) > rows:
-            raise TuneforgeError(Problem(
-                "tokenizer_mismatch", f"the adapter's tokenizer has {len(tokenizer)} tokens but the base model "
-                f"embeds {rows}; it was trained with added tokens this engine cannot serve", where))
-        stops = template.stop_ids(tokenizer, self.base_model.generation_config.eos_token_id)
-        return Adapter(name, folder, tokenizer, copy.deepcopy(tokenizer), stops, next(self._keys), method)
-
-    def _check_base(self, recorded: str, where: str) -> None:
-        ours = self.base_folder.resolve()
-        path = Path(recorded).expanduser()
-        if path.exists():
-            same = path.resolve() == ours
-        else:  # trained elsewhere (another machine's cache): the model's folder name is what can be compared
-            try:
-                same = resolve_model(recorded).resolve() == ours
-            except TuneforgeError:
-                same = path.name == ours.name
-        if not same:
-            raise TuneforgeError(Problem(
-                "base_mismatch", f"this adapter was trained on '{recorded}', but the server's base model is "
-                f"'{self.base_folder}'; serve it with --model {recorded}, or train it on this base", where))
+        files = check_adapter_files(path, self.base_folder)
+        tokenizer, stops = adapter_tokenizer(files.folder, self.base_model.get_input_embeddings().num_embeddings,
+                                             self.base_model.generation_config.eos_token_id, str(path))
+        return Adapter(name, files.folder, tokenizer, copy.deepcopy(tokenizer), stops, next(self._keys), files.method)
 
     def _check_shapes(self, folder: Path, where: str) -> None:
         """Every LoRA matrix must fit the base layer it names. Checked from the file's header
@@ -192,6 +154,78 @@ class AdapterSet:
         so that each row gets its own adapter's LoRA terms (inference.lora)."""
         self.slots.route([None if a is None else a.key for a in rows])
         return self.base_model
+
+
+# -- checks on an adapter's files (shared with inference.vllm_engine) -----------------------
+
+
+@dataclass
+class AdapterFiles:
+    folder: Path  # RUN/adapter
+    config: dict[str, Any]  # adapter_config.json
+    method: str  # from tuneforge.json: lora, qlora, ...
+
+
+def check_adapter_name(name: Any, base: str, where: str) -> None:
+    if not isinstance(name, str) or not name.strip() or name == base:
+        raise TuneforgeError(Problem("invalid_name", f"an adapter cannot be named {name!r} (empty, the base "
+                                     "model's name or reserved); pick another name", where))
+
+
+def check_adapter_files(path: str | Path, base_folder: Path) -> AdapterFiles:
+    """Read a run folder's adapter files and refuse what cannot share a batch on the base in
+    `base_folder`: a full model, a method other than plain LoRA, another base, no weights."""
+    folder = artifact_dir(Path(path))
+    where = str(path)
+    if not (folder / "adapter_config.json").exists():
+        raise TuneforgeError(Problem(
+            "not_an_adapter", "this is a full model (a full fine-tune or a merged model), not an adapter on "
+            "the served base; serve it on its own with `tuneforge serve --model " + str(folder) + "`", where))
+    config = _read_json(folder / "adapter_config.json", where)
+    marker = folder / "tuneforge.json"
+    method = _read_json(marker, where).get("method", "lora") if marker.exists() else "lora"
+    variants = _lora_variants(config)
+    if config.get("peft_type") != "LORA" or variants:
+        kind = f"LoRA with {', '.join(variants)}" if variants else f"{config.get('peft_type')}"
+        raise TuneforgeError(Problem(
+            "adapter_not_mixable", f"a '{method}' adapter ({kind}) cannot share a batch with other adapters "
+            "(only plain LoRA and QLoRA adapters can); merge it with `tuneforge merge` and serve the merged "
+            "model with --model, or train it with method lora", where))
+    _check_base(base_of(folder), Path(base_folder), where)
+    if not (folder / "adapter_model.safetensors").exists():
+        raise TuneforgeError(Problem("not_an_adapter", "no adapter_model.safetensors next to adapter_config.json; "
+                                     "pass a run folder written by `tuneforge train`", where))
+    return AdapterFiles(folder, config, method)
+
+
+def adapter_tokenizer(folder: Path, rows: int, eos: Any, where: str) -> tuple[Any, list[int]]:
+    """The tokenizer an adapter was trained with (its chat template) and the ids that end its
+    answers; refused when it has more tokens than the base embeds (`rows`). `eos`: the base's
+    generation config eos_token_id."""
+    from transformers import AutoTokenizer
+
+    tokenizer = template.ensure_pad(AutoTokenizer.from_pretrained(str(folder)))
+    if len(tokenizer) > rows:
+        raise TuneforgeError(Problem(
+            "tokenizer_mismatch", f"the adapter's tokenizer has {len(tokenizer)} tokens but the base model "
+            f"embeds {rows}; it was trained with added tokens this engine cannot serve", where))
+    return tokenizer, template.stop_ids(tokenizer, eos)
+
+
+def _check_base(recorded: str, base_folder: Path, where: str) -> None:
+    ours = base_folder.resolve()
+    path = Path(recorded).expanduser()
+    if path.exists():
+        same = path.resolve() == ours
+    else:  # trained elsewhere (another machine's cache): the model's folder name is what can be compared
+        try:
+            same = resolve_model(recorded).resolve() == ours
+        except TuneforgeError:
+            same = path.name == ours.name
+    if not same:
+        raise TuneforgeError(Problem(
+            "base_mismatch", f"this adapter was trained on '{recorded}', but the server's base model is "
+            f"'{base_folder}'; serve it with --model {recorded}, or train it on this base", where))
 
 
 def _read_json(path: Path, where: str) -> dict[str, Any]:

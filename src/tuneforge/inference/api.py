@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tuneforge.errors import Problem, TuneforgeError
+
 
 @dataclass
 class GenRequest:
@@ -32,6 +34,32 @@ class GenEvent:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" (end of turn or a stop string), "length", or None
+
+
+def answer_room(request: GenRequest, vocab: int, context: int | None) -> int:
+    """How many tokens the answer may have (max_tokens, capped by the model's context); refuses
+    (TuneforgeError) an empty prompt, ids outside the vocabulary, max_tokens below 1 and a
+    prompt that leaves no room in the context. The engines' shared admission checks."""
+    ids = request.prompt_ids
+    where = request.request_id or request.model
+    if not ids:
+        raise TuneforgeError(Problem("invalid_value", "the prompt has no tokens", where))
+    if min(ids) < 0 or max(ids) >= vocab:
+        raise TuneforgeError(Problem("invalid_token_id", f"prompt token ids must be in 0..{vocab - 1}", where))
+    if not isinstance(request.max_tokens, int) or request.max_tokens < 1:
+        raise TuneforgeError(Problem("invalid_value", f"max_tokens must be >= 1, got {request.max_tokens!r}",
+                                     where))
+    room = request.max_tokens if context is None else context - len(ids)
+    if room < 1:
+        raise TuneforgeError(Problem(
+            "context_length_exceeded", f"the prompt has {len(ids)} tokens; the model reads at most "
+            f"{context}, answer included; shorten the prompt", where))
+    return min(request.max_tokens, room)
+
+
+def unknown_model(model: str, served: list[str]) -> TuneforgeError:
+    return TuneforgeError(Problem("model_not_found", f"no model named '{model}' is served here; served: "
+                                  f"{', '.join(served)}", model))
 
 
 class QueueFull(Exception):

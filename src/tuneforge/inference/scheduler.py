@@ -65,8 +65,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import Problem, TuneforgeError
-from tuneforge.inference.adapters import Adapter, AdapterSet
-from tuneforge.inference.api import GenEvent, GenRequest, QueueFull, ShuttingDown
+from tuneforge.inference.adapters import Adapter, AdapterSet, check_adapter_name
+from tuneforge.inference.api import GenEvent, GenRequest, QueueFull, ShuttingDown, answer_room, unknown_model
 from tuneforge.inference.kvcache import KVBatch, check_model
 from tuneforge.inference.sampling import Sampling, next_tokens
 from tuneforge.inference.tensors import autocast, left_pad, positions
@@ -169,9 +169,7 @@ class Scheduler:
         return self._stream(request)
 
     def load_adapter(self, name: str, path: str) -> None:
-        if not isinstance(name, str) or not name.strip() or name == self.base:
-            raise TuneforgeError(Problem("invalid_name", f"an adapter cannot be named {name!r} (empty, the base "
-                                         "model's name or reserved); pick another name", str(path)))
+        check_adapter_name(name, self.base, str(path))
         adapter = self.adapters.check(name, path)  # files only: no need to stop the engine for this
         with self._lock:
             self.adapters.load(adapter, self._busy())  # the weights load now, so a bad adapter fails here
@@ -218,25 +216,11 @@ class Scheduler:
         if self._closing:
             raise ShuttingDown("the engine is shutting down")
         adapter = self._adapter_for(request.model)
-        ids = request.prompt_ids
-        where = request.request_id or request.model
-        if not ids:
-            raise TuneforgeError(Problem("invalid_value", "the prompt has no tokens", where))
-        if min(ids) < 0 or max(ids) >= self._vocab:
-            raise TuneforgeError(Problem("invalid_token_id", f"prompt token ids must be in 0..{self._vocab - 1}",
-                                         where))
-        if not isinstance(request.max_tokens, int) or request.max_tokens < 1:
-            raise TuneforgeError(Problem("invalid_value", f"max_tokens must be >= 1, got {request.max_tokens!r}",
-                                         where))
-        room = request.max_tokens if self.context is None else self.context - len(ids)
-        if room < 1:
-            raise TuneforgeError(Problem(
-                "context_length_exceeded", f"the prompt has {len(ids)} tokens; the model reads at most "
-                f"{self.context}, answer included; shorten the prompt", where))
+        max_tokens = answer_room(request, self._vocab, self.context)
         decoder = self._decoder if adapter is None else adapter.decoder
         active = _Request(
             request=request, adapter=adapter, stops=self._stops if adapter is None else frozenset(adapter.stop_ids),
-            max_tokens=min(request.max_tokens, room), answer=AnswerText(decoder, request.stop),
+            max_tokens=max_tokens, answer=AnswerText(decoder, request.stop),
             sampling=Sampling.of(request.temperature or 0.0, 1.0 if request.top_p is None else request.top_p,
                                  request.seed),
             loop=asyncio.get_running_loop())
@@ -254,8 +238,7 @@ class Scheduler:
             return None
         adapter = self.adapters.known.get(model)
         if adapter is None:
-            raise TuneforgeError(Problem("model_not_found", f"no model named '{model}' is served here; served: "
-                                         f"{', '.join(self.models())}", model))
+            raise unknown_model(model, self.models())
         return adapter
 
     def _abandon(self, active: _Request) -> None:

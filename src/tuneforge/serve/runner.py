@@ -7,6 +7,14 @@ Signals: the first SIGTERM or SIGINT starts a drain: new requests get 503 (and /
 "draining", so a load balancer stops sending), requests in flight run to the end, for up to
 shutdown_grace_s; then uvicorn stops and the engine closes. A second signal stops at once.
 SIGHUP re-reads the config file's routes and keys, like POST /admin/reload.
+
+Backends (`--backend`, `backend:` in the config): `tuneforge` (default) is our own engine
+(inference.scheduler: continuous batching, every adapter's LoRA terms mixed in one batch,
+on CPU or GPU). `vllm` runs the same API on vLLM's async engine with its LoRA support
+(inference.vllm_engine: max_batch -> max_num_seqs, max_adapters -> max_loras, the
+adapters' largest rank -> max_lora_rank) when vLLM is installed and a CUDA GPU is visible;
+otherwise it stops with `vllm_unavailable`, naming what is missing. The vLLM engine was
+written against vLLM's v1 API and tested with a fake of it; it has not yet been run on a GPU.
 """
 
 from __future__ import annotations
@@ -44,19 +52,21 @@ def check_vllm() -> None:
     if missing:
         raise TuneforgeError(Problem("vllm_unavailable", "--backend vllm needs vLLM and a GPU: " + "; ".join(missing)
                                      + "; on this machine use the default --backend tuneforge", "--backend"))
-    raise TuneforgeError(Problem("backend_not_built", "the vLLM engine adapter is not part of this version yet; "
-                                 "use --backend tuneforge", "--backend"))
 
 
 def build_engine(config: ServeConfig):
     """The generation engine the config asks for (tuneforge.inference.api.Engine)."""
+    adapters = {name: str(path) for name, path in config.adapters.items()}
+    limits = dict(name=config.model_name, max_batch=config.max_batch, max_queue=config.max_queue,
+                  max_adapters=config.max_adapters)
     if config.backend == "vllm":
         check_vllm()
+        from tuneforge.inference.vllm_engine import VllmEngine
+
+        return VllmEngine(config.model, adapters, **limits)
     from tuneforge.inference.scheduler import Scheduler
 
-    return Scheduler(config.model, {name: str(path) for name, path in config.adapters.items()},
-                     name=config.model_name, max_batch=config.max_batch, max_queue=config.max_queue,
-                     max_adapters=config.max_adapters)
+    return Scheduler(config.model, adapters, **limits)
 
 
 class GracefulServer(uvicorn.Server):
