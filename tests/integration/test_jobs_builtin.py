@@ -22,12 +22,13 @@ from test_serve_cli import free_port, wait_healthy
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m"
 KEY = "sk-test"
+# kept small: every step of a job writes a checkpoint, and the suite runs on 2 CPU cores
 LABELS = {"billing": ["My card was charged twice", "Refund my last payment", "My invoice is wrong",
-                      "I was billed after cancelling", "Send me a receipt", "Update my card details"],
+                      "I was billed after cancelling"],
           "technical": ["The app crashes on start", "The camera shows black", "Login page will not load",
-                        "Sync stopped working", "Wifi will not connect", "Upload fails with error 500"],
+                        "Sync stopped working"],
           "account": ["Change my email address", "I forgot my password", "Delete my account",
-                      "Add a family member", "My username is wrong", "Merge my two accounts"]}
+                      "Add a family member"]}
 
 
 def chats(repeat: int = 1, tag: str = "") -> str:
@@ -39,7 +40,7 @@ def chats(repeat: int = 1, tag: str = "") -> str:
 
 def pairs() -> str:
     rows = [{"prompt": text, "chosen": label, "rejected": "I cannot help with that."}
-            for label, texts in LABELS.items() for text in texts[:3]]
+            for label, texts in LABELS.items() for text in texts[:2]]
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
@@ -123,12 +124,12 @@ def test_the_guides_client_code_fine_tunes_and_serves_the_model(server):
     log = events(client, job.id)
     messages = [e.message for e in log]
     assert messages[:3] == [f"Created fine-tuning job: {job.id}", "Validated the training file", "Job queued"]
-    assert any(m.startswith("Prepared 18 of 18 records") for m in messages)
+    assert any(m.startswith("Prepared 12 of 12 records") for m in messages)
     steps = [e.data["step"] for e in log if e.type == "metrics"]
-    assert steps == [1, 2, 3] and all(e.data["train_loss"] > 0 for e in log if e.type == "metrics")
+    assert steps == [1, 2] and all(e.data["train_loss"] > 0 for e in log if e.type == "metrics")
     assert messages[-1] == "The job has successfully completed"
     ckpts = list(client.fine_tuning.jobs.checkpoints.list(job.id))
-    assert [c.step_number for c in ckpts] == [2, 1] and ckpts[0].metrics.train_loss > 0
+    assert [c.step_number for c in ckpts] == [1] and ckpts[0].metrics.train_loss > 0
 
 
 def test_a_bad_file_fails_validation_with_its_line_numbers(server):
@@ -139,7 +140,7 @@ def test_a_bad_file_fails_validation_with_its_line_numbers(server):
     assert training.status == "error"
     job = finished(client, client.fine_tuning.jobs.create(training_file=training.id, model=MODEL).id, 60)
     assert job.status == "failed" and job.error.code == "invalid_training_file" and job.error.param == "training_file"
-    assert "2 of 20 lines are bad: line 4: " in job.error.message and "line 5: invalid_json" in job.error.message
+    assert "2 of 14 lines are bad: line 4: " in job.error.message and "line 5: invalid_json" in job.error.message
     assert [e.data["line"] for e in events(client, job.id) if e.level == "error" and e.data] == [4, 5]
 
 
@@ -147,12 +148,12 @@ def test_a_dpo_job_on_preference_pairs(server):
     client = server.client
     training = client.files.create(file=("pairs.jsonl", io.BytesIO(pairs().encode())), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL, suffix="dpo", method={
-        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 3}}})
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 3}}})  # 6 pairs
     job = finished(client, job.id)
     assert job.status == "succeeded", job.error
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
     assert job.fine_tuned_model == f"ft:{MODEL}:dpo:{job.id}"
-    assert [e.data["step"] for e in events(client, job.id) if e.type == "metrics"] == [1, 2, 3]
+    assert [e.data["step"] for e in events(client, job.id) if e.type == "metrics"] == [1, 2]
     config = (server.folder / "jobs" / "runs" / job.id / "run" / "config.yaml").read_text()
     assert "objective: dpo" in config and "beta: 0.2" in config
 
@@ -172,34 +173,34 @@ def test_cancel_stops_training_promptly_and_keeps_the_events(server):
     assert client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model is None
 
 
-def test_pause_resume_and_a_kill_9_restart_resume_from_checkpoints(tmp_path):
-    serve = Serve(tmp_path).start()
-    try:
-        client = serve.client
-        training = client.files.create(file=("t.jsonl", io.BytesIO(chats(repeat=2).encode())), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL,
-                                             hyperparameters={"n_epochs": 1, "batch_size": 4}, suffix="restart")
-        total = 9  # 36 examples, 4 per step
+def test_pause_resume_and_a_kill_9_restart_resume_from_checkpoints(server):
+    """Last in this module: it kills the module's server and starts it again on the same folders."""
+    client = server.client
+    training = client.files.create(file=("t.jsonl", io.BytesIO(chats().encode())), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=training.id, model=MODEL,
+                                         hyperparameters={"n_epochs": 1, "batch_size": 2}, suffix="restart")
+    total = 6  # 12 examples, 2 per step
 
-        def checkpoints():
-            return [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100)]
+    def checkpoints():
+        return [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100)]
 
-        wait_until(lambda: checkpoints(), 300, "a checkpoint")
-        assert client.fine_tuning.jobs.pause(job.id).status == "paused"
-        paused_at = max(checkpoints())
-        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
-        wait_until(lambda: max(checkpoints()) > paused_at + 1, 300, "a checkpoint after the resume")
-        serve.kill9()  # mid-job: the server and (within a second) its job process die
-        serve.start()
-        job = finished(client, job.id)
-        assert job.status == "succeeded", job.error
-        messages = [e.message for e in events(client, job.id)]
-        assert f"Resuming training from checkpoint at step {paused_at}" in messages
-        assert "The server restarted; the job goes on from its last checkpoint" in messages
-        assert sum(m.startswith("Resuming training from checkpoint") for m in messages) == 2
-        assert [e.data["step"] for e in events(client, job.id) if e.type == "metrics"] == list(range(1, total + 1))
-        answer = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4, temperature=0,
-                                                messages=[{"role": "user", "content": "Delete my account"}])
-        assert answer.model == f"ft:{MODEL}:restart:{job.id}"
-    finally:
-        serve.stop()
+    wait_until(lambda: checkpoints(), 300, "a checkpoint")
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    paused_at = max(checkpoints())
+    assert paused_at <= total - 3, "paused too late to test a resume and a restart; make the job longer"
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    wait_until(lambda: max(checkpoints()) > paused_at, 300, "a checkpoint after the resume")
+    server.kill9()  # mid-job: the server and (within a second) its job process die
+    server.start()
+    job = finished(client, job.id)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in events(client, job.id)]
+    assert f"Resuming training from checkpoint at step {paused_at}" in messages
+    assert "The server restarted; the job goes on from its last checkpoint" in messages
+    assert sum(m.startswith("Resuming training from checkpoint") for m in messages) == 2
+    assert [e.data["step"] for e in events(client, job.id) if e.type == "metrics"] == list(range(1, total + 1))
+    answer = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4, temperature=0,
+                                            messages=[{"role": "user", "content": "Delete my account"}])
+    assert answer.model == f"ft:{MODEL}:restart:{job.id}"
+    # every model the earlier jobs made is served again after the restart
+    assert sum(m.id.startswith("ft:") for m in client.models.list()) == 3
