@@ -59,7 +59,7 @@ class Serve:
             [sys.executable, "-m", "tuneforge.cli", "serve", "--model", MODEL, "--port", str(self.port), "--api-key",
              KEY, "--log-db", str(self.folder / "log.db"), "--set", f"jobs.dir={self.folder / 'jobs'}",
              "--set", "jobs.poll_s=0.2"],
-            stdout=subprocess.DEVNULL, stderr=open(self.folder / "serve.log", "a"), text=True, env=env)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)  # read if it fails to start
         wait_healthy(self.client, self.process)
         return self
 

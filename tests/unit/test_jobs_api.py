@@ -320,3 +320,17 @@ def test_the_jobs_cli_lists_shows_follows_and_cancels_over_http(server, run_cli,
     assert code == 2 and err.startswith("job_not_found: ")
     code, _, err = run_cli("jobs", "list", "--base-url", "http://127.0.0.1:9/v1")
     assert code == 2 and err.startswith("--base-url: jobs_unreachable: ")
+
+
+def test_the_jobs_api_can_be_turned_off(tokenizer, tmp_path, run_cli):
+    from serve_fake import FakeEngine, live_server
+    from tuneforge.jobs.config import JobsConfig
+    from tuneforge.serve.config import ServeConfig
+
+    config = ServeConfig(model=BASE, log_db=tmp_path / "log.db", jobs=JobsConfig(enabled=False, dir=tmp_path / "j"))
+    with live_server(config, FakeEngine(tokenizer)) as live:
+        with pytest.raises(openai.NotFoundError):
+            upload(live.client(), CHATS)
+        code, _, err = run_cli("jobs", "list", "--base-url", live.url + "/v1")
+        assert code == 2 and err.startswith("--base-url: jobs_not_served: ")
+    assert not (tmp_path / "j").exists()
