@@ -445,6 +445,87 @@ def _print_stats(result: dict[str, Any]) -> None:
         out.print(tests)
 
 
+advise_app = typer.Typer(help="should you fine-tune, with which method, at what cost", no_args_is_help=True)
+app.add_typer(advise_app, name="advise")
+JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
+
+
+def _advise_print(result: dict[str, Any], as_json: bool, text) -> None:
+    import json
+
+    out.print(json.dumps(result, indent=2) if as_json else text(result), markup=False, soft_wrap=True)
+
+
+@advise_app.command("decide")
+def advise_decide(
+    report: Optional[Path] = typer.Option(None, help="prepare report.json (or its folder): real counts and rates"),
+    examples: Optional[int] = typer.Option(None, help="labelled examples you have (without --report)"),
+    baseline_accuracy: Optional[float] = typer.Option(None, help="what prompting scores now (0-1)"),
+    target_accuracy: Optional[float] = typer.Option(None, help="what the task needs (0-1)"),
+    knowledge_task: bool = typer.Option(False, "--knowledge-task", help="the answers depend on facts to look up"),
+    changes_often: bool = typer.Option(False, "--changes-often", help="the information behind them changes often"),
+    latency_ms: Optional[float] = typer.Option(None, help="latency budget per answer"),
+    requests_per_month: Optional[float] = typer.Option(None, help="expected traffic"),
+    eval_report: Optional[Path] = typer.Option(None, help="eval.json (or its folder): the base model's scores"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Prompting, RAG, few-shot or fine-tuning: the guides' decision tree over your numbers, with reasons."""
+    from tuneforge.advise.decide import advise_decide as run, text
+
+    _advise_print(run(dict(report=report, examples=examples, baseline_accuracy=baseline_accuracy,
+                           target_accuracy=target_accuracy, knowledge_task=knowledge_task,
+                           changes_often=changes_often, latency_ms=latency_ms,
+                           requests_per_month=requests_per_month, eval_report=eval_report)), as_json, text)
+
+
+@advise_app.command("method")
+def advise_method(
+    model_params: Optional[float] = typer.Option(None, help="parameters of the base model, e.g. 7e9"),
+    model: Optional[str] = typer.Option(None, help="built-in name or model folder: its config gives the shape"),
+    device: Optional[str] = typer.Option(None, help="cuda|cpu [cuda]"),
+    gpu_gb: Optional[float] = typer.Option(None, "--gpu-gb", "--memory-gb", help="memory available in GB "
+                                           "[cuda: 24; cpu: this machine's RAM]"),
+    seq_len: Optional[int] = typer.Option(None, help="tokens per example [2048]"),
+    batch: Optional[int] = typer.Option(None, help="examples per micro-batch [4]"),
+    answer_tokens: Optional[int] = typer.Option(None, help="tokens per example that carry a loss [seq-len]"),
+    precision: Optional[str] = typer.Option(None, help="auto|bf16|fp32 [auto: as train picks]"),
+    lora_r: Optional[int] = typer.Option(None, help="LoRA rank [16]"),
+    virtual_tokens: Optional[int] = typer.Option(None, help="prefix/prompt tuning virtual tokens [20]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Memory of full, LoRA, QLoRA, prefix and prompt tuning; which fit; which to use."""
+    from tuneforge.advise.method import advise_method as run, text
+
+    _advise_print(run(dict(model_params=model_params, model=model, device=device, gpu_gb=gpu_gb, seq_len=seq_len,
+                           batch=batch, answer_tokens=answer_tokens, precision=precision, lora_r=lora_r,
+                           virtual_tokens=virtual_tokens)), as_json, text)
+
+
+@advise_app.command("cost")
+def advise_cost(
+    requests_per_month: Optional[float] = typer.Option(None, help="requests a month"),
+    api_cost_per_request: Optional[float] = typer.Option(None, help="what one API request costs"),
+    ft_cost_per_request: Optional[float] = typer.Option(None, help="what one request to the fine-tune costs"),
+    upfront: Optional[float] = typer.Option(None, help="one-off cost of the fine-tune [0]"),
+    months: Optional[int] = typer.Option(None, help="horizon in months [12]"),
+    tokens_per_request: Optional[float] = typer.Option(None, help="token form: tokens per request, in and out"),
+    api_price_per_mtok: Optional[float] = typer.Option(None, help="token form: API price per million tokens"),
+    gpu_hourly: Optional[float] = typer.Option(None, help="token form: hourly price of the serving machine"),
+    throughput_tokens_per_s: Optional[float] = typer.Option(None, help="token form: tokens/s it serves"),
+    throughput_from: Optional[Path] = typer.Option(None, help="token form: eval.json (or folder) with tokens_per_s"),
+    variant: Optional[str] = typer.Option(None, help="the eval variant whose throughput counts [first adapter]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """API vs fine-tuned: monthly and first-year cost, savings, break-even month."""
+    from tuneforge.advise.cost import advise_cost as run, text
+
+    _advise_print(run(dict(requests_per_month=requests_per_month, api_cost_per_request=api_cost_per_request,
+                           ft_cost_per_request=ft_cost_per_request, upfront=upfront, months=months,
+                           tokens_per_request=tokens_per_request, api_price_per_mtok=api_price_per_mtok,
+                           gpu_hourly=gpu_hourly, throughput_tokens_per_s=throughput_tokens_per_s,
+                           throughput_from=throughput_from, variant=variant)), as_json, text)
+
+
 jobs_app = typer.Typer(help="fine-tuning jobs on a tuneforge server (OpenAI's jobs API, over HTTP)",
                        no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
