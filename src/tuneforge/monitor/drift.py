@@ -6,8 +6,8 @@ run folder names (summary.json `sources`):
 - prompt length (characters of the last user turn): two-sample Kolmogorov-Smirnov;
 - content: hashed character 3-grams and words per prompt, compared by a permutation test on
   the two groups' mean profiles (prompts, not n-grams, are the units);
-- the logged prompts least like any training prompt (lowest cosine similarity to their nearest
-  training neighbour), to show what changed.
+- the logged prompts that carry the difference (largest witness <profile, mean logged profile - mean
+  training profile>), each with its cosine similarity to the nearest training prompt, to show what changed.
 Drift is flagged when either p-value is below `drift_p / 2` (Bonferroni over the two tests).
 
 Output drift, for a classification adapter: the label distribution of its logged answers vs
@@ -118,7 +118,10 @@ def input_drift(ref: Reference, logged: list[str], cfg: MonitorConfig) -> dict[s
     b = stats.hashed_profile(logged, cfg.ngram_buckets)
     ngram = stats.permutation_test(a, b, cfg.permutations)
     nearest = (b @ a.T).max(axis=1)  # rows have unit length: cosine similarity to the closest training prompt
-    order = np.argsort(nearest)[: cfg.examples]
+    # the prompts that carry the difference: largest witness <x, mean(logged) - mean(train)> of the
+    # test's statistic (short prompts merely have few n-grams; this ranks by what moved the means)
+    witness = b @ (b.mean(axis=0) - a.mean(axis=0))
+    order = np.argsort(-witness)[: cfg.examples]
     result.update(
         status="tested", length_ks=length["statistic"], length_p=length["p"],
         mean_length_train=float(np.mean([len(t) for t in train])),
@@ -126,7 +129,8 @@ def input_drift(ref: Reference, logged: list[str], cfg: MonitorConfig) -> dict[s
         ngram_statistic=ngram["statistic"], ngram_p=ngram["p"], permutations=ngram["permutations"],
         mean_similarity=float(nearest.mean()),
         drifted=bool(min(length["p"], ngram["p"]) < cfg.drift_p / 2),
-        most_unlike=[{"prompt": logged[i][:300], "similarity": round(float(nearest[i]), 4)} for i in order])
+        most_unlike=[{"prompt": logged[i][:300], "witness": round(float(witness[i]), 4),
+                      "similarity": round(float(nearest[i]), 4)} for i in order])
     return result
 
 

@@ -37,8 +37,8 @@ def print_report(report: dict[str, Any], out: Console) -> None:
     for name, v in report["variants"].items():
         unlike = (v.get("input") or {}).get("most_unlike") or []
         if unlike and v["input"]["drifted"]:
-            out.print(f"{name}: logged prompts least like its training data (cosine similarity to the nearest):",
-                      markup=False)
+            out.print(f"{name}: the logged prompts that differ most from its training data (similarity to the "
+                      "nearest training prompt):", markup=False)
             for item in unlike:
                 out.print(f"  {item['similarity']:.3f}  {item['prompt'][:120]!r}", markup=False)
     if report["comparisons"]:
