@@ -33,6 +33,15 @@ def setup(tiny_model):
     return model, configs, adapters
 
 
+def loaded(model, configs, adapters) -> tuple:
+    """A copy of the model with every adapter of `adapters` loaded as a0, a1, ..."""
+    served = copy.deepcopy(model)
+    slots = LoraSlots(served)
+    for i, (config, (_, state)) in enumerate(zip(configs, adapters)):
+        slots.add(f"a{i}", *read_lora(state, config.to_dict()))
+    return served, slots
+
+
 def logits(model, ids):
     with torch.inference_mode():
         return model(input_ids=ids).logits
@@ -40,10 +49,7 @@ def logits(model, ids):
 
 def test_each_row_gets_what_peft_gives_for_its_adapter(setup):
     model, configs, adapters = setup
-    served = copy.deepcopy(model)
-    slots = LoraSlots(served)
-    for i, (config, (_, state)) in enumerate(zip(configs, adapters)):
-        slots.add(f"a{i}", *read_lora(state, config.to_dict()))
+    served, slots = loaded(model, configs, adapters)
     ids = torch.randint(0, model.config.vocab_size, (5, 7), generator=torch.Generator().manual_seed(0))
     rows = ["a0", None, "a2", "a1", "a0"]
     slots.route(rows)
@@ -60,10 +66,7 @@ def test_each_row_gets_what_peft_gives_for_its_adapter(setup):
 
 def test_removing_an_adapter_leaves_the_others_as_they_were(setup):
     model, configs, adapters = setup
-    served = copy.deepcopy(model)
-    slots = LoraSlots(served)
-    for i, (config, (_, state)) in enumerate(zip(configs, adapters)):
-        slots.add(f"a{i}", *read_lora(state, config.to_dict()))
+    served, slots = loaded(model, configs, adapters)
     slots.remove("a1")
     ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
     slots.route(["a2", "a0"])
@@ -90,3 +93,23 @@ def test_what_is_not_plain_lora_on_linear_layers_is_refused(setup):
     with pytest.raises(ValueError, match="not a Linear"):
         slots.add("x", {**weights, "model.embed_tokens": weights[name]}, {**scales, "model.embed_tokens": 1.0})
     assert not slots.layers and not slots.order  # nothing was wrapped
+
+
+def test_under_bf16_autocast_rows_still_get_their_adapter(setup):
+    model, configs, adapters = setup
+    served, slots = loaded(model, configs, adapters)
+    ids = torch.randint(0, model.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(2))
+
+    def bf16(m, rows):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return logits(m, rows).float()
+
+    for rows in (["a1", "a1", "a1"], ["a0", None, "a2"]):  # one adapter's slice, then the mixed path
+        slots.route(rows)
+        mixed = bf16(served, ids)
+        for i, key in enumerate(rows):
+            expected = bf16(model if key is None else adapters[int(key[1])][0], ids[i:i + 1])
+            torch.testing.assert_close(mixed[i:i + 1], expected, atol=0.05, rtol=0.05)
+    slots.remove("a1")  # the cast copies go with the stacked matrices
+    slots.route(["a0", "a2", None])
+    torch.testing.assert_close(bf16(served, ids)[:1], bf16(adapters[0][0], ids[:1]), atol=0.05, rtol=0.05)

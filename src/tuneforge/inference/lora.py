@@ -97,6 +97,8 @@ class MultiLoraLinear(nn.Module):
         self.b: torch.Tensor | None = None  # [out, R]
         self.spans: dict[str, tuple[int, int]] = {}
         self.table: torch.Tensor | None = None  # [1 + adapters, R]: row 0 (the base) all zeros
+        # the matrices cast to autocast's dtype, kept: autocast would otherwise cast them at every step
+        self._cast: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # weight and in/out features are read by code that inspects Linear layers (shape checks)
     @property
@@ -120,6 +122,7 @@ class MultiLoraLinear(nn.Module):
         self.parts.pop(key, None)
 
     def reindex(self, order: list[str]) -> None:
+        self._cast = {}
         keys = [k for k in order if k in self.parts]
         if not keys:
             self.a = self.b = self.table = None
@@ -138,21 +141,31 @@ class MultiLoraLinear(nn.Module):
                 table[i + 1, slice(*self.spans[k])] = 1.0
         self.table = table
 
+    def _matrices(self, key: str | None, device_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of one adapter (`key`) or of all (None), in the dtype the forward runs in."""
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        found = self._cast.get((key, dtype))
+        if found is None:
+            a, b = (self.a, self.b) if key is None else self.parts[key]
+            found = (a, b) if dtype is None else (a.to(dtype), b.to(dtype))
+            self._cast[(key, dtype)] = found
+        return found
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         slots = self._slots[0]
         if slots.idle or self.a is None:
             return y
         if slots.single is not None:
-            span = self.spans.get(slots.single)
-            if span is None:
+            if slots.single not in self.spans:
                 return y
-            h = nn.functional.linear(x, self.a[span[0]:span[1]])
-            return y + nn.functional.linear(h, self.b[:, span[0]:span[1]])
-        h = nn.functional.linear(x, self.a)
+            a, b = self._matrices(slots.single, x.device.type)
+            return y + nn.functional.linear(nn.functional.linear(x, a), b)
+        a, b = self._matrices(None, x.device.type)
+        h = nn.functional.linear(x, a)
         mask = self.table[slots.rows].to(h.dtype)
         h = h * mask.view(mask.shape[0], *([1] * (h.dim() - 2)), mask.shape[1])
-        return y + nn.functional.linear(h, self.b)
+        return y + nn.functional.linear(h, b)
 
 
 def read_lora(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> tuple[dict, dict]:
