@@ -739,7 +739,7 @@ def retrain_promote(
 def export_command(
     run: Path = typer.Argument(..., help="run folder from `tuneforge train` (or its adapter/)"),
     format: str = typer.Option("gguf", "--format", help="gguf (the only format so far)"),
-    quant: str = typer.Option("f16", "--quant", help="f16|q8_0"),
+    quant: str = typer.Option("f16", "--quant", help="f16|q8_0|q4_k_m (q4_k_m needs llama-cpp-python)"),
     out_file: Path = typer.Option(..., "--out", "-o", help="the .gguf file to write"),
     samples: int = typer.Option(16, min=1, help="validation prompts in the parity check"),
 ) -> None:

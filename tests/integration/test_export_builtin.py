@@ -73,3 +73,17 @@ def test_f16_gguf_answers_like_the_adapter(run, tmp_path):
     firsts, answers = reference_answers(load_model("smollm2-135m"), tokenizer, prompts, 8, stops)
     other = parity(out, prompts, firsts, answers, stops, texts, "f16", 8)
     assert not other["ok"] and other["max_kl"] > 0.01
+
+
+def test_q4_k_m_is_quantized_by_llama_cpp_and_checked_with_its_own_tolerance(run, tmp_path):
+    from tuneforge.cli import main
+
+    out = tmp_path / "small.gguf"
+    with pytest.raises(SystemExit) as done:
+        main(["export", str(run), "--out", str(out), "--quant", "q4_k_m", "--samples", "6"])
+    assert done.value.code in (0, None)
+    report = json.loads(out.with_suffix(".export.json").read_text())
+    assert report["quant"] == "q4_k_m" and report["bytes"] == out.stat().st_size < 150e6  # f16 is 271 MB
+    check = report["parity"]
+    assert check["checked"] and check["ok"] and check["tokenizer_match"] == 1.0
+    assert check["tolerance"]["max_kl"] == 0.5 and not out.with_name(f".{out.name}.tmp").exists()

@@ -40,7 +40,7 @@ def test_modelfile_writes_chatml_with_the_default_system_prompt_and_stop():
     assert "not ChatML" in other and 'PARAMETER stop "</s>"' in other
 
 
-def test_refusals_before_loading(tmp_path, run_cli, tiny_model):
+def test_refusals_before_loading(tmp_path, run_cli, tiny_model, monkeypatch):
     code, _, err = run_cli("export", str(tmp_path), "--out", str(tmp_path / "m.bin"))
     assert code == 2 and err.strip() == "--out: invalid_value: the output file name ends in .gguf"
     code, _, err = run_cli("export", str(tmp_path), "--out", str(tmp_path / "m.gguf"), "--quant", "q4_0")
@@ -53,3 +53,6 @@ def test_refusals_before_loading(tmp_path, run_cli, tiny_model):
     code, _, err = run_cli("export", tiny_model, "--out", str(tmp_path / "m.gguf"))
     assert code == 2 and "no_tokenizer_source" in err and "Traceback" not in err
     assert not (tmp_path / "m.gguf").exists()
+    monkeypatch.setattr("tuneforge.export.gguf.have_llama_cpp", lambda: False)  # q4_k_m is llama.cpp's
+    code, _, err = run_cli("export", str(tmp_path), "--out", str(tmp_path / "m.gguf"), "--quant", "q4_k_m")
+    assert code == 2 and "--quant: needs_llama_cpp:" in err
