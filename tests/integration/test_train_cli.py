@@ -64,12 +64,16 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model, data, tmp_p
     assert max(float((whole[k] - after[k]).abs().max()) for k in whole) < 1e-5
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not installed")
+# the launcher beside this interpreter first: `make test` runs .venv/bin/python without .venv/bin on PATH
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="accelerate launcher not installed")
 def test_the_loop_runs_unchanged_under_accelerate_ddp(tiny_model, data, tmp_path):
     out = tmp_path / "ddp"
     # accelerate's --cpu launcher starts one process; the torchrun-based one (--multi_gpu) starts
     # two, and on a machine without GPUs the loop then runs DDP over gloo
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "-m", "tuneforge.cli",
            "train", "--data", str(data), "--model", tiny_model, "--out", str(out), "--max-steps", "6",
            "--set", "tracking=[]"]
