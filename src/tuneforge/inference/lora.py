@@ -48,7 +48,7 @@ class LoraSlots:
         if key in self.order:
             raise ValueError(f"adapter {key} is already loaded")
         modules = dict(self.model.named_modules())
-        for name in weights:  # wrap first, so a missing or non-Linear module changes nothing
+        for name in weights:  # all checked before any layer is wrapped: a refusal changes nothing
             if name not in self.layers and not isinstance(modules.get(name), nn.Linear):
                 raise ValueError(f"{name} is not a Linear layer of the base model")
         for name in weights:
