@@ -45,15 +45,15 @@ def batching(engine, model, tokenizer, prompts, args, bf16) -> dict:
             "same_answers": round(sum(a == b for a, b in zip(batched.texts, single.texts)) / len(prompts), 3)}
 
 
-def eval_variant(engine, model, tokenizer, prompts, options, answers, args, bf16, shared: bool) -> tuple[float, list]:
-    """The engine calls `tuneforge eval` makes for one classification variant; (seconds, answers)."""
+def eval_variant(engine, model, tokenizer, prompts, options, answers, args, bf16, shared: bool) -> tuple:
+    """The engine calls `tuneforge eval` makes for one classification variant; (seconds, answers, prefix)."""
     pad = tokenizer.pad_token_id
     started = time.perf_counter()
     prefix = engine.SharedPrefix.of(model, prompts, bf16) if shared else None
     gen = engine.generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, bf16, prefix=prefix)
     engine.score_options(model, prompts, options, pad, args.batch_size, bf16, prefix=prefix)
     engine.answer_logprobs(model, prompts, answers, pad, args.batch_size, bf16, prefix=prefix)
-    return time.perf_counter() - started, gen.texts
+    return time.perf_counter() - started, gen.texts, prefix
 
 
 def shared_prefix(engine, model, tokenizer, rows, held_out, args, bf16) -> dict:
@@ -76,9 +76,9 @@ def shared_prefix(engine, model, tokenizer, rows, held_out, args, bf16) -> dict:
         prompts = [encode_prompt(tokenizer, with_shots(r["messages"][:-1], shots) if few else r["messages"][:-1])
                    for r in held_out]
         eval_variant(engine, model, tokenizer, prompts[:8], options, answers[:8], args, bf16, True)  # warm-up
-        full_s, full_texts = eval_variant(engine, model, tokenizer, prompts, options, answers, args, bf16, False)
-        shared_s, shared_texts = eval_variant(engine, model, tokenizer, prompts, options, answers, args, bf16, True)
-        prefix = engine.SharedPrefix.of(model, prompts, bf16)
+        full_s, full_texts, _ = eval_variant(engine, model, tokenizer, prompts, options, answers, args, bf16, False)
+        shared_s, shared_texts, prefix = eval_variant(engine, model, tokenizer, prompts, options, answers, args, bf16,
+                                                      True)
         out[name] = {"prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
                      "prefix_tokens": len(prefix.ids) if prefix else 0,
                      "full_s": round(full_s, 2), "shared_prefix_s": round(shared_s, 2),
