@@ -10,8 +10,12 @@ and 5% warm-up, the same epochs, an eval on the validation split every `eval_ste
 with a checkpoint, and keeps the checkpoint with the lowest validation loss.
 
 Sides:
-- `tuneforge`: `tuneforge train` (packing with per-example attention, frozen base in
-  bf16 where the CPU has AVX512-BF16/AMX, fused LoRA).
+- `tuneforge`: `tuneforge train` (packing with per-example attention, the system prompt
+  the step's examples share computed once, frozen base in bf16 where the CPU has
+  AVX512-BF16/AMX, fused LoRA).
+- `tuneforge_unshared`: the same with `shared_prefix: false` (every example computed
+  whole, as tuneforge trained before the shared prefix), so the gain of that one
+  change is measured in the same run.
 - `hf_seeds`: the recipe this benchmark used first: Trainer in float32, each batch
   padded to its longest example, no length grouping.
 - `hf_flatten`: Trainer's best standard recipe for this: base weights and autocast in
@@ -131,13 +135,14 @@ def run_hf(side: str, model_path: str, train_rows, val_rows, epochs: int, eval_s
             "bf16": use_bf16}
 
 
-def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, bf16: bool, out: Path) -> dict:
+def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, bf16: bool, out: Path, shared_prefix: bool) -> dict:
     from tuneforge.train.config import TrainConfig
     from tuneforge.train.run import train
 
     cfg = TrainConfig(data=data_dir, out=out, method="lora", epochs=epochs, batch_size=BATCH, learning_rate=LR,
                       warmup=WARMUP, lr_scheduler="cosine", eval_steps=eval_steps, save_steps=eval_steps, bf16=bf16,
-                      lora={"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]}, tracking=[])
+                      shared_prefix=shared_prefix, tracking=[],
+                      lora={"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]})
     start = time.perf_counter()
     summary = train(cfg, progress=False)
     wall = time.perf_counter() - start
@@ -184,6 +189,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 where the CPU has AVX512-BF16/AMX; fp32 stands in for an AVX2-only CPU")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--skip-unshared", action="store_true", help="leave out the tuneforge_unshared side")
     args = parser.parse_args()
     references = [r for r in args.references.split(",") if r]
     unknown = set(references) - set(SIDES)
@@ -223,8 +229,11 @@ def main() -> None:
     load_model(model_path)  # warm the page cache so no side pays for the first read from disk
 
     sides: dict[str, dict] = {}
-    ours = run_tuneforge(data_dir, args.epochs, eval_steps, bf16, work / "tuneforge")
+    ours = run_tuneforge(data_dir, args.epochs, eval_steps, bf16, work / "tuneforge", shared_prefix=True)
     sides["tuneforge"] = ours
+    if not args.skip_unshared:
+        sides["tuneforge_unshared"] = run_tuneforge(data_dir, args.epochs, eval_steps, bf16,
+                                                    work / "tuneforge_unshared", shared_prefix=False)
     for side in references:
         sides[side] = run_hf(side, model_path, train_prepared, val_prepared, args.epochs, eval_steps, bf16,
                              work / side)
@@ -253,6 +262,8 @@ def main() -> None:
         "speedup_vs_best": round(sides[best]["wall_s"] / ours["wall_s"], 2) if best else None,
         "speedup_vs_seeds": (round(sides["hf_seeds"]["wall_s"] / ours["wall_s"], 2)
                              if "hf_seeds" in sides else None),
+        "speedup_vs_unshared": (round(sides["tuneforge_unshared"]["wall_s"] / ours["wall_s"], 2)
+                                if "tuneforge_unshared" in sides else None),
         "matmul_peak_tflops": round(peak / 1e12, 3),
         "mfu_train_loop": round(flops / ours["loop_s"] / peak, 3),
     }

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tuneforge.train.collate import IGNORE, Encoder, Example, epoch_order, packed_batch, padded_batch, targets
+from tuneforge.train.collate import (IGNORE, MIN_SHARED_PREFIX, Encoder, Example, epoch_order, packed_batch,
+                                     padded_batch, shared_prefix_length, targets)
 
 SYSTEM = {"role": "system", "content": "Classify the ticket."}
 
@@ -147,6 +148,51 @@ def test_packed_batch_restarts_positions_and_never_targets_across_examples():
     assert batch.target_tokens == sum(len(ex) - 2 for ex in examples) == int(batch.keep().sum())
 
 
+def with_prefix(prefix: list[int], tails: list[list[int]], trained_from: int = 1) -> list[Example]:
+    """Examples that start with `prefix`; each tail's tokens from `trained_from` on are trained."""
+    out = []
+    for tail in tails:
+        ids = prefix + tail
+        out.append(Example(ids, [IGNORE] * (len(prefix) + trained_from) + tail[trained_from:]))
+    return out
+
+
+def test_shared_prefix_is_the_common_untrained_start():
+    prefix = list(range(100, 112))
+    examples = with_prefix(prefix, [[1, 2, 3], [4, 5], [6, 7, 8, 9]])
+    # the prefix's last position predicts each example's own first token, which is untrained here
+    assert shared_prefix_length(examples) == 12
+    # a trained first tail token: the last prefix position carries a loss, so it stays with the examples
+    assert shared_prefix_length(with_prefix(prefix, [[1, 2, 3], [4, 5]], trained_from=0)) == 11
+    # stops at the first token that differs
+    differing = [Example(prefix + [1, 2], [IGNORE] * 14), Example(prefix[:10] + [0, 0, 3, 4], [IGNORE] * 14)]
+    differing = [Example(ex.input_ids, [IGNORE] * (len(ex) - 1) + [ex.input_ids[-1]]) for ex in differing]
+    assert shared_prefix_length(differing) == 10
+    # nothing to share with, too short, or everything trained (train_on_inputs): no prefix
+    assert shared_prefix_length(examples[:1]) == 0
+    short = with_prefix(prefix[:MIN_SHARED_PREFIX - 1], [[1, 2], [3, 4]])
+    assert shared_prefix_length(short) == 0
+    assert shared_prefix_length([Example(ex.input_ids, list(ex.input_ids)) for ex in examples]) == 0
+    # every example keeps at least one token of its own
+    assert shared_prefix_length(with_prefix(prefix, [[], [1, 2]])) == 11
+
+
+def test_packed_batch_with_a_shared_prefix_holds_it_once():
+    prefix = list(range(100, 110))
+    examples = with_prefix(prefix, [[1, 2, 3], [4, 5]])
+    batch = packed_batch(examples, share_prefix=True)
+    assert batch.prefix_len == 10
+    assert batch.input_ids.tolist() == [prefix + [1, 2, 3, 4, 5]]
+    assert batch.position_ids.tolist() == [list(range(10)) + [10, 11, 12, 10, 11]]
+    assert batch.cu_seq_lens.tolist() == [0, 10, 13, 15]
+    assert batch.targets.tolist() == [[IGNORE] * 10 + [2, 3, IGNORE, 5, IGNORE]]
+    assert batch.segment.tolist() == [[0] * 10 + [0, 0, 0, 1, 1]]
+    # the same trained tokens as without sharing, and tokens counted over the whole examples
+    plain = packed_batch(examples)
+    assert batch.target_tokens == plain.target_tokens and batch.real_tokens == plain.real_tokens == 25
+    assert plain.prefix_len == 0
+
+
 def test_padded_batch_right_pads_with_a_mask():
     examples = examples_of([5, 2, 4], masked_prefix=1)
     batch = padded_batch(examples, pad_id=0)
@@ -270,3 +316,40 @@ def test_training_loop_log_probs_match_for_packed_and_padded_batches(tiny_model,
     torch.testing.assert_close(padded_logps, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(packed_logps, expected, atol=1e-4, rtol=0)
     assert padded_segment.tolist() == packed_segment.tolist()
+
+
+def test_shared_prefix_rows_compute_what_each_example_computes_alone(tiny_model, chats):
+    from tuneforge.train.attention import use_packed_attention
+    from tuneforge.train.loop import token_logps
+
+    plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=False)
+    model = load_model(tiny_model)
+    expected = alone(model, chats)
+    use_packed_attention(model)
+    batch = packed_batch(chats, share_prefix=True)
+    assert batch.prefix_len >= MIN_SHARED_PREFIX  # the system prompt and the user turn's opening
+    with torch.no_grad():
+        logps, _, segment = token_logps(plan, model, batch)
+    torch.testing.assert_close(logps, expected, atol=1e-4, rtol=0)
+    assert segment.tolist() == token_logps(plan, model, packed_batch(chats))[2].tolist()
+
+
+def test_shared_prefix_rows_give_the_same_gradients(tiny_model, chats):
+    """The prefix is computed once but feeds every example: its gradient is the sum over them."""
+    from tuneforge.train.attention import use_packed_attention
+    from tuneforge.train.loop import token_logps
+
+    plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=False)
+    model = load_model(tiny_model).train()
+    use_packed_attention(model)
+    grads = []
+    for share in (False, True):
+        model.zero_grad()
+        logps, _, _ = token_logps(plan, model, packed_batch(chats, share_prefix=share))
+        (-logps.mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    # attention layers below the top get gradient through the prefix too
+    assert grads[1]["model.layers.0.self_attn.k_proj.weight"].abs().sum() > 0

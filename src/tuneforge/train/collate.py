@@ -10,6 +10,13 @@ Batches are either packed (all examples of a step concatenated into one row,
 position ids restarting at each example, so attention stays inside each
 example and no compute is spent on padding) or padded, with examples of similar
 length grouped so padding stays small.
+
+A packed row can also share a prefix: when the step's examples start with the same
+untrained tokens (the system prompt, the template's preamble), the row holds that
+prefix once, followed by each example's remainder, which attends to the prefix and
+to itself (train/attention.py). In classification data the shared system prompt is
+often most of every example, so this removes most of the step's work; the maths is
+the same as running every example whole.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import torch
 from tuneforge.models import template
 
 IGNORE = -100
+# below this many tokens a shared prefix saves less than the extra attention calls cost
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass
@@ -124,22 +133,49 @@ class Batch:
     real_tokens: int
     target_tokens: int
     cu_seq_lens: torch.Tensor | None = None  # packed: example boundaries, [0, len0, len0+len1, ...]
+    prefix_len: int = 0  # packed with a shared prefix: its length; cu_seq_lens then starts [0, prefix_len, ...]
 
     def keep(self) -> torch.Tensor:
         return self.targets != IGNORE
 
 
-def packed_batch(examples: list[Example]) -> Batch:
+def shared_prefix_length(examples: list[Example]) -> int:
+    """Tokens every example starts with and no example is trained on, including the
+    target of the prefix's last position (each example's next token); 0 when that is
+    shorter than MIN_SHARED_PREFIX or there is nothing to share it with."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    n = min(len(ex) for ex in examples) - 1  # every example keeps at least one token of its own
+    for ex in examples:
+        # position t is trained on labels[t + 1]: the prefix's positions must carry no loss
+        trained = next((t for t, label in enumerate(ex.labels[1:]) if label != IGNORE), n)
+        n = min(n, trained)
+        same = next((t for t in range(n) if ex.input_ids[t] != first[t]), n)
+        n = min(n, same)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def packed_batch(examples: list[Example], share_prefix: bool = False) -> Batch:
+    prefix = shared_prefix_length(examples) if share_prefix else 0
     ids, tgt, pos, seg, bounds = [], [], [], [], [0]
+    if prefix:
+        ids += examples[0].input_ids[:prefix]
+        tgt += [IGNORE] * prefix
+        pos += range(prefix)
+        seg += [0] * prefix
+        bounds.append(prefix)
     for j, ex in enumerate(examples):
-        ids += ex.input_ids
-        tgt += targets(ex)
-        pos += range(len(ex))
-        seg += [j] * len(ex)
+        ids += ex.input_ids[prefix:]
+        tgt += targets(ex)[prefix:]
+        pos += range(prefix, len(ex))
+        seg += [j] * (len(ex) - prefix)
         bounds.append(len(ids))
     t = torch.tensor(tgt).unsqueeze(0)
+    # real_tokens counts every example whole, so tokens/s stays a rate over the data
     return Batch(torch.tensor(ids).unsqueeze(0), t, None, torch.tensor(pos).unsqueeze(0),
-                 torch.tensor(seg).unsqueeze(0), len(ids), int((t != IGNORE).sum()), torch.tensor(bounds))
+                 torch.tensor(seg).unsqueeze(0), sum(len(ex) for ex in examples), int((t != IGNORE).sum()),
+                 torch.tensor(bounds), prefix)
 
 
 def padded_batch(examples: list[Example], pad_id: int) -> Batch:

@@ -63,6 +63,8 @@ class TrainConfig(Strict):
     max_seq_len: Union[Annotated[int, Field(ge=16)], Auto] = Field(
         "auto", description="auto: the longest example, capped at 2048")
     packing: Union[bool, Auto] = Field("auto", description="concatenate examples without cross-attention")
+    shared_prefix: bool = Field(True, description="packed batches: compute the untrained prefix a step's examples "
+                                "share (e.g. the system prompt) once instead of once per example; same maths")
     train_on_inputs: bool = Field(False, description="also learn the prompt tokens, not only the answers")
     bf16: Union[bool, Auto] = "auto"
     gradient_checkpointing: bool = False

@@ -23,6 +23,9 @@ from tuneforge.train.checkpoint import (Checkpoints, atomic_save, load_state, lo
 from tuneforge.train.collate import IGNORE, Batch, Example, epoch_order, packed_batch, padded_batch
 
 
+EVAL_BATCH_FACTOR = 4
+
+
 @dataclass
 class LoopState:
     step: int = 0
@@ -63,6 +66,7 @@ class Plan:
     best_path: Path
     log: Callable[[int, dict[str, Any]], None]
     progress: Any = None
+    shared_prefix: bool = False  # packed rows hold the step's shared untrained prefix once
     ref_logps: torch.Tensor | None = None
     val_ref_logps: torch.Tensor | None = None
     state: LoopState = field(default_factory=LoopState)
@@ -82,7 +86,9 @@ def _length(item) -> int:
 
 def make_batch(plan: Plan, items: list) -> Batch:
     examples = _examples(items, plan.objective)
-    return packed_batch(examples) if plan.packing else padded_batch(examples, plan.pad_id)
+    if plan.packing:
+        return packed_batch(examples, share_prefix=plan.shared_prefix)
+    return padded_batch(examples, plan.pad_id)
 
 
 def _autocast(plan: Plan):
@@ -107,6 +113,8 @@ def token_logps(plan: Plan, model, batch: Batch) -> tuple[torch.Tensor, torch.Te
         inputs["position_ids"] = batch.position_ids.to(device)
     if batch.cu_seq_lens is not None:
         inputs["cu_seq_lens_q"] = batch.cu_seq_lens
+    if batch.prefix_len:
+        inputs["shared_prefix"] = batch.prefix_len
     with _autocast(plan):
         logits = model(**inputs).logits
     logits = logits.reshape(-1, logits.shape[-1]).float()
@@ -148,8 +156,10 @@ def evaluate(plan: Plan) -> dict[str, float]:
     model = plan.accelerator.unwrap_model(plan.model)
     model.eval()
     total, count, correct = 0.0, 0, 0.0
-    for start in range(0, len(plan.val), plan.batch_size):
-        chunk = plan.val[start:start + plan.batch_size]
+    # without gradients a packed row of more examples costs little memory, and shares its prefix more
+    size = plan.batch_size * (EVAL_BATCH_FACTOR if plan.packing else 1)
+    for start in range(0, len(plan.val), size):
+        chunk = plan.val[start:start + size]
         batch = make_batch(plan, chunk)
         if plan.objective == "dpo":
             losses, right = dpo_terms(plan, model, batch, plan.val_ref_logps[start:start + len(chunk)])

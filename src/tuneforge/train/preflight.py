@@ -17,7 +17,7 @@ from tuneforge.train.config import TrainConfig
 # and how it is watched (out, resume, tracking), when checkpoints are written and how many
 # are kept, and compile (speed only). Data folders may move, so their paths are left out
 # too; what they hold is compared by content hash instead.
-NOT_FINGERPRINTED = {"out", "resume", "tracking", "save_steps", "save_total_limit", "compile", "data", "datasets"}
+NOT_FINGERPRINTED = {"out", "resume", "tracking", "save_steps", "save_total_limit", "compile", "shared_prefix", "data", "datasets"}
 DATA_FILES = ("train.jsonl", "val.jsonl")
 _UNSET = object()
 

@@ -186,7 +186,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, objective=objective,
         train=train_items, val=val_items, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, seed=cfg.seed, packing=settings["packing"],
-        pad_id=tokenizer.pad_token_id, bf16=settings["bf16"], max_grad_norm=cfg.max_grad_norm,
+        pad_id=tokenizer.pad_token_id, bf16=settings["bf16"], shared_prefix=cfg.shared_prefix,
+        max_grad_norm=cfg.max_grad_norm,
         eval_steps=eval_steps, save_steps=save_steps, patience=patience,
         virtual_tokens=cfg.virtual.num_virtual_tokens if cfg.method == "prompt" else 0, beta=cfg.dpo.beta,
         checkpoints=ckpts, best_path=out / "checkpoints" / "best.pt", log=tracker.log)
