@@ -1,0 +1,166 @@
+"""Benchmark: the whole prepare -> train -> eval path, this tree against an earlier commit.
+
+    python benchmarks/pipeline_bench.py --task demo --before bfc2738 --precision fp32
+    python benchmarks/pipeline_bench.py --task intents --before bfc2738 --precision fp32
+
+Tasks:
+- `demo`: what `make demo` runs, as CLI stages: prepare the example support tickets,
+  LoRA for 2 epochs, eval of base zero-shot, base few-shot and the tuned model on the
+  held-out tickets.
+- `intents`: short examples, the most common classification data: 15 Banking77 intents,
+  36 train queries each (540), 4 more each for validation, 10 test queries each from
+  test.csv; a user turn of ~10-20 words and the intent as the answer, no system prompt
+  of our own (the model's template adds its default). LoRA with `epochs: auto`.
+
+Both sides run the same CLI commands (`python -m tuneforge.cli`, same interpreter and
+packages, same data and settings) one after the other; the `before` side imports
+tuneforge from a checkout of `--before` (a git worktree made for the run). Stage wall
+times include loading the model and writing artifacts. `--precision fp32` turns bf16
+off in train and eval on both sides (a stand-in for an AVX2-only CPU, whose fp32
+matmuls are slower still). Prints one final JSON line; `isa` names the CPU's vector
+extensions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from banking import DEFAULT, write_jsonl  # noqa: E402
+from machine import cpu_isa  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKETS = ROOT / "examples" / "support_tickets.jsonl"
+
+
+def intent_rows(folder: Path, intents: int = 15, train_per: int = 36, val_per: int = 4, test_per: int = 10):
+    import csv
+    import random
+
+    names = json.loads((folder / "categories.json").read_text())[:intents]
+    rng = random.Random(0)
+
+    def chat(text: str, name: str) -> dict:
+        return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": name}]}
+
+    def queries(file: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {n: [] for n in names}
+        with open(folder / file, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row["category"] in found:
+                    found[row["category"]].append(row["text"].strip())
+        for texts in found.values():
+            texts[:] = sorted(set(texts))
+            rng.shuffle(texts)
+        return found
+
+    train_q, test_q = queries("train.csv"), queries("test.csv")
+    train = [chat(t, n) for n in names for t in train_q[n][:train_per]]
+    val = [chat(t, n) for n in names for t in train_q[n][train_per:train_per + val_per]]
+    test = [chat(t, n) for n in names for t in test_q[n][:test_per]]
+    rng.shuffle(train)
+    return train, val, test
+
+
+def stages(task: str, work: Path, data_dir: Path, fp32: bool) -> list[tuple[str, list[str]]]:
+    prec = ["--set", "bf16=false"] if fp32 else []
+    data, run, report = work / "data", work / "run", work / "eval"
+    if task == "demo":
+        prepare = ["prepare", str(TICKETS), "--out", str(data)]
+        train = ["train", "--data", str(data), "--out", str(run), "--method", "lora", "--set", "epochs=2"]
+    else:
+        prepare = ["prepare", str(data_dir / "train.jsonl"), "--val", str(data_dir / "val.jsonl"),
+                   "--test", str(data_dir / "test.jsonl"), "--split", "1,0,0", "--out", str(data)]
+        train = ["train", "--data", str(data), "--out", str(run), "--method", "lora", "--set", "epochs=auto"]
+    evaluate = ["eval", "--data", str(data), "--adapter", f"tuned={run}", "--out", str(report)]
+    return [("prepare", prepare), ("train", train + prec), ("eval", evaluate + prec)]
+
+
+def run_side(src: Path, task: str, work: Path, data_dir: Path, fp32: bool) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "false"}
+    seconds = {}
+    for name, args in stages(task, work, data_dir, fp32):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tuneforge.cli", *args], env=env, capture_output=True, text=True)
+        seconds[name] = round(time.perf_counter() - start, 1)
+        if done.returncode != 0:
+            raise SystemExit(f"{src}: {name} failed: {done.stderr.strip()[-2000:]}")
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    report = json.loads((work / "eval" / "eval.json").read_text())
+    metric = report["main_metric"]
+    variants = report["variants"]
+
+    def score(v: dict) -> float:
+        return max(v.get(metric, 0.0), v.get(f"{metric}_constrained", 0.0))
+
+    base = max(score(v) for n, v in variants.items() if n.startswith("base-"))
+    return {
+        "seconds": seconds, "total_s": round(sum(seconds.values()), 1),
+        "train_tokens_per_s": summary["tokens_per_second"], "train_steps": summary["steps"],
+        "epochs": summary["epochs"], "stopped_early": summary.get("stopped_early"),
+        "best_eval_loss": summary["best_eval_loss"],
+        "eval_examples_per_s": {n: v.get("examples_per_s") for n, v in variants.items()},
+        metric: {n: round(v.get(metric, 0.0), 4) for n, v in variants.items()},
+        "best_baseline": round(base, 4), "tuned_minus_best_baseline": round(score(variants["tuned"]) - base, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("demo", "intents"), default="demo")
+    parser.add_argument("--before", help="git commit to compare with (left out: this tree only)")
+    parser.add_argument("--data", type=Path, default=DEFAULT, help="the banking77 folder (task intents)")
+    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                        help="fp32 turns bf16 off everywhere (a stand-in for an AVX2-only CPU)")
+    args = parser.parse_args()
+    fp32 = args.precision == "fp32"
+    if fp32:
+        precision = "fp32"
+    else:
+        sys.path.insert(0, str(ROOT / "src"))
+        from tuneforge.train.run import bf16_supported
+
+        precision = "bf16" if bf16_supported("cpu") else "fp32"
+
+    work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    data_dir = work / "source"
+    data_dir.mkdir()
+    if args.task == "intents":
+        for name, rows in zip(("train", "val", "test"), intent_rows(args.data)):
+            write_jsonl(data_dir / f"{name}.jsonl", rows)
+    trees = {"after": ROOT / "src"}
+    if args.before:
+        checkout = work / "before-tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(checkout), args.before],
+                       check=True)
+        trees["before"] = checkout / "src"
+    sides = {}
+    try:
+        for name in ("before", "after"):
+            if name in trees:
+                print(f"{name}: {args.task}, {precision}, isa {cpu_isa()}", file=sys.stderr)
+                sides[name] = run_side(trees[name], args.task, work / name, data_dir, fp32)
+                print(f"{name}: {json.dumps(sides[name])}", file=sys.stderr)
+    finally:
+        if args.before:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "before-tree")])
+    result = {"isa": cpu_isa(), "precision": precision, "task": args.task, "before": args.before, "sides": sides}
+    if "before" in sides:
+        before, after = sides["before"], sides["after"]
+        result["speedup"] = {
+            "total": round(before["total_s"] / after["total_s"], 2),
+            "train_tokens_per_s": round(after["train_tokens_per_s"] / before["train_tokens_per_s"], 2),
+            "eval": round(before["seconds"]["eval"] / after["seconds"]["eval"], 2),
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
