@@ -70,6 +70,19 @@ def test_label_scores_through_the_cache_equal_full_forwards(tiny_model):
         assert torch.allclose(table[:, j], torch.tensor([lp for lp, _ in direct]), atol=1e-4)
 
 
+def test_label_scores_in_several_option_groups_equal_one_group(tiny_model, monkeypatch):
+    """Options past OPTION_TOKENS_PER_PASS go through in more passes over the same prompt cache."""
+    model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
+    prompts = prompts_of(tokenizer, ["charged twice", "cannot log in to my account at all", "thanks"])
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    options = [tokenizer(label, add_special_tokens=False)["input_ids"] + [stop] for label in LABELS]
+    whole = engine.score_options(model, prompts, options, tokenizer.pad_token_id, batch_size=2)
+    monkeypatch.setattr(engine, "OPTION_TOKENS_PER_PASS", 2)
+    assert len(engine._option_groups(options)) > 2
+    torch.testing.assert_close(engine.score_options(model, prompts, options, tokenizer.pad_token_id, batch_size=2),
+                               whole, atol=1e-4, rtol=0)
+
+
 def test_a_shared_prefix_computed_once_gives_what_full_prompts_give(tiny_model):
     model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
     system = "You sort support tickets into billing, technical, account or other. Answer with the label only."

@@ -18,7 +18,6 @@ it), in generation, answer scoring and label scoring alike.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -166,33 +165,71 @@ def answer_logprobs(model, prompts: list[list[int]], answers: list[list[int]], p
     return out
 
 
+# option tokens scored per forward: the logits of a batch are [rows, this, vocabulary]
+OPTION_TOKENS_PER_PASS = 64
+
+
+def _option_groups(options: list[list[int]]) -> list[list[int]]:
+    """Option indices in groups of at most OPTION_TOKENS_PER_PASS continuation tokens."""
+    groups, current, tokens = [], [], 0
+    for j, option in enumerate(options):
+        n = len(option) - 1
+        if current and tokens + n > OPTION_TOKENS_PER_PASS:
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(j)
+        tokens += n
+    return groups + [current] if current else groups
+
+
+def _option_tree(options: list[list[int]], group: list[int], device):
+    """The group's options (all tokens but the last) one after another: ids, each token's
+    offset in its option, its option, the token it predicts, and the [T, T] mask that lets
+    a token see only the earlier tokens of its own option."""
+    ids, offset, owner, target = [], [], [], []
+    for j in group:
+        option = options[j]
+        for i in range(len(option) - 1):
+            ids.append(option[i])
+            offset.append(i)
+            owner.append(j)
+            target.append(option[i + 1])
+    off, own = torch.tensor(offset, device=device), torch.tensor(owner, device=device)
+    mask = (own[:, None] == own[None, :]) & (off[None, :] <= off[:, None])
+    return torch.tensor(ids, device=device), off, own, torch.tensor(target, device=device), mask
+
+
 @torch.inference_mode()
 def score_options(model, prompts: list[list[int]], options: list[list[int]], pad_id: int, batch_size: int = 16,
                   bf16: bool = False, progress=None, prefix: SharedPrefix | None = None) -> torch.Tensor:
     """[prompts, options] total log-probability of each option (its tokens and end marker)
-    after each prompt; the prompt pass is run once and its cache reused for every option."""
+    after each prompt. The prompt pass is run once; then the options' tokens go through
+    in one pass (per group of options) after the prompt's cache, each attending to the
+    prompt and to its own option only."""
     scores = torch.zeros(len(prompts), len(options))
     device = model_device(model)
+    first_tokens = torch.tensor([option[0] for option in options], device=device)
+    groups = [g for g in _option_groups(options) if sum(len(options[j]) - 1 for j in g)]
+    trees = [_option_tree(options, group, device) for group in groups]
     for batch in _batches([len(p) for p in prompts], batch_size):
         inputs = _inputs([prompts[i] for i in batch], pad_id, device, prefix)
         mask = inputs["attention_mask"]
         with autocast(bf16, device):
             first = model(**inputs, use_cache=True, logits_to_keep=1)
-        last = F.log_softmax(first.logits[:, -1].float(), -1)
+        total = F.log_softmax(first.logits[:, -1].float(), -1)[:, first_tokens]  # [rows, options]
         next_pos = mask.sum(-1, keepdim=True)
-        for j, option in enumerate(options):
-            total = last[:, option[0]].clone()
-            if len(option) > 1:
-                tail = torch.tensor(option[:-1], device=device).expand(len(batch), -1)
-                ext = torch.cat([mask, torch.ones_like(tail)], dim=1)
-                pos = next_pos + torch.arange(tail.shape[1], device=device)
-                with autocast(bf16, device):
-                    logits = model(input_ids=tail, attention_mask=ext, position_ids=pos,
-                                   cache=copy.deepcopy(first.cache), use_cache=True).logits
-                logps = F.log_softmax(logits.float(), -1)
-                wanted = torch.tensor(option[1:], device=device).expand(len(batch), -1)
-                total += logps.gather(-1, wanted[..., None])[..., 0].sum(-1)
-            scores[batch, j] = total.cpu()
+        seen = mask.shape[1]
+        for ids, off, own, target, tree in trees:
+            rows, width = len(batch), ids.shape[0]
+            sees = torch.cat([mask.bool()[:, None, :].expand(rows, width, seen),
+                              tree.expand(rows, width, width)], dim=-1)[:, None]
+            with autocast(bf16, device):
+                logits = model(input_ids=ids.expand(rows, -1), attention_mask=sees, position_ids=next_pos + off,
+                               cache=first.cache, use_cache=True).logits
+            first.cache.crop(-width)  # the next group continues the prompt, not this group
+            logps = F.log_softmax(logits.float(), -1).gather(-1, target.expand(rows, -1)[..., None])[..., 0]
+            total.index_add_(1, own, logps)
+        scores[batch] = total.cpu()
         if progress:
             progress(len(batch))
     return scores
