@@ -14,8 +14,7 @@ Sides:
   the step's examples share computed once, frozen base in bf16 where the CPU has
   AVX512-BF16/AMX, fused LoRA).
 - `tuneforge_unshared`: the same with `shared_prefix: false` (every example computed
-  whole, as tuneforge trained before the shared prefix), so the gain of that one
-  change is measured in the same run.
+  whole), so the gain of that one change is measured in the same run.
 - `hf_seeds`: the recipe this benchmark used first: Trainer in float32, each batch
   padded to its longest example, no length grouping.
 - `hf_flatten`: Trainer's best standard recipe for this: base weights and autocast in
