@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from tuneforge.inference.tensors import autocast, left_pad, model_device, positions
+from tuneforge.inference.tensors import autocast, left_pad, model_device, positions, shared_start
 from tuneforge.models import template
 
 TOKEN_BUDGET = 8192  # prompt tokens per batch
@@ -71,18 +71,14 @@ class SharedPrefix:
         config = getattr(model, "active_peft_config", None)
         if len(prompts) < 2 or getattr(config, "is_prompt_learning", False):
             return None
-        first, length = prompts[0], min(len(p) for p in prompts) - 1
-        for p in prompts[1:]:
-            same = 0
-            while same < length and p[same] == first[same]:
-                same += 1
-            length = same
+        length = shared_start(prompts)
         if length < cls.MIN_TOKENS:
             return None
         device = model_device(model)
+        ids = prompts[0][:length]
         with autocast(bf16, device):
-            out = model(input_ids=torch.tensor([first[:length]], device=device), use_cache=True)
-        return cls(first[:length], out.cache)
+            out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+        return cls(ids, out.cache)
 
     def rows(self, rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids, mask, positions) of the rows' own tokens after the prefix; the mask covers
@@ -170,10 +166,13 @@ OPTION_TOKENS_PER_PASS = 64
 
 
 def _option_groups(options: list[list[int]]) -> list[list[int]]:
-    """Option indices in groups of at most OPTION_TOKENS_PER_PASS continuation tokens."""
+    """Indices of the options with tokens after their first, in groups of at most
+    OPTION_TOKENS_PER_PASS such tokens."""
     groups, current, tokens = [], [], 0
     for j, option in enumerate(options):
         n = len(option) - 1
+        if n == 0:  # a one-token option is scored by the prompt pass alone
+            continue
         if current and tokens + n > OPTION_TOKENS_PER_PASS:
             groups.append(current)
             current, tokens = [], 0
@@ -209,8 +208,7 @@ def score_options(model, prompts: list[list[int]], options: list[list[int]], pad
     scores = torch.zeros(len(prompts), len(options))
     device = model_device(model)
     first_tokens = torch.tensor([option[0] for option in options], device=device)
-    groups = [g for g in _option_groups(options) if sum(len(options[j]) - 1 for j in g)]
-    trees = [_option_tree(options, group, device) for group in groups]
+    trees = [_option_tree(options, group, device) for group in _option_groups(options)]
     for batch in _batches([len(p) for p in prompts], batch_size):
         inputs = _inputs([prompts[i] for i in batch], pad_id, device, prefix)
         mask = inputs["attention_mask"]

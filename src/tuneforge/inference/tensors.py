@@ -1,5 +1,6 @@
 """Tensor helpers shared by every batched forward: eval's generation and scoring
-(`evaluate.engine`) and serve's scheduler (`inference.scheduler`).
+(`evaluate.engine`) and serve's scheduler (`inference.scheduler`); `shared_start` also
+finds the prefix training computes once per packed row (`train.collate`).
 
 Rows are left-padded, so the newest token of every row sits in the last column, and each
 row gets explicit position ids counted over its real tokens only; a row therefore sees the
@@ -12,6 +13,14 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+
+def shared_start(rows: list[list[int]]) -> int:
+    """How many tokens every row starts with, leaving each row at least one of its own."""
+    first, length = rows[0], min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        length = next((t for t in range(length) if row[t] != first[t]), length)
+    return length
 
 
 def model_device(model) -> torch.device:

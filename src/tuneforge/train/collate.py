@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuneforge.inference.tensors import shared_start
 from tuneforge.models import template
 
 IGNORE = -100
@@ -145,14 +146,10 @@ def shared_prefix_length(examples: list[Example]) -> int:
     shorter than MIN_SHARED_PREFIX or there is nothing to share it with."""
     if len(examples) < 2:
         return 0
-    first = examples[0].input_ids
-    n = min(len(ex) for ex in examples) - 1  # every example keeps at least one token of its own
+    n = shared_start([ex.input_ids for ex in examples])
     for ex in examples:
         # position t is trained on labels[t + 1]: the prefix's positions must carry no loss
-        trained = next((t for t, label in enumerate(ex.labels[1:]) if label != IGNORE), n)
-        n = min(n, trained)
-        same = next((t for t in range(n) if ex.input_ids[t] != first[t]), n)
-        n = min(n, same)
+        n = next((t for t, label in enumerate(ex.labels[1:n + 1]) if label != IGNORE), n)
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
