@@ -13,3 +13,15 @@ def cpu_isa() -> str:
         return "unknown"
     found = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
     return "+".join(found) or "baseline"
+
+
+# Environment that makes this process's kernels take their AVX2 code paths on a CPU that has
+# more (PyTorch's vectorized ops, MKL's GEMMs, oneDNN, fbgemm's int8 GEMMs), so an AVX2-only
+# CPU's figures can be measured on an AVX512 one. It must be set before torch is imported.
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def isa_label(forced_avx2: bool) -> str:
+    """The `isa` a figure names: the CPU's, or `avx2` with the CPU it was forced on."""
+    return f"avx2 (kernels forced, on {cpu_isa()})" if forced_avx2 else cpu_isa()

@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline_bench.py --task demo --before bfc2738 --precision fp32
     python benchmarks/pipeline_bench.py --task intents --before bfc2738 --precision fp32
+    python benchmarks/pipeline_bench.py --task demo --before bfc2738 --precision int8 --compare-fp32 --isa avx2
 
 Tasks:
 - `demo`: what `make demo` runs, as CLI stages: prepare the example support tickets,
@@ -16,9 +17,13 @@ Both sides run the same CLI commands (`python -m tuneforge.cli`, same interprete
 packages, same data and settings) one after the other; the `before` side imports
 tuneforge from a checkout of `--before` (a git worktree made for the run). Stage wall
 times include loading the model and writing artifacts. `--precision fp32` turns bf16
-off in train and eval on both sides (a stand-in for an AVX2-only CPU, whose fp32
-matmuls are slower still). Prints one final JSON line; `isa` names the CPU's vector
-extensions.
+off in train and eval on both sides (a stand-in for an AVX2-only CPU). `--precision int8`
+trains this tree with `int8_base` (the frozen base's products in int8; eval stays float32)
+and the `before` side in fp32; `--compare-fp32` adds a side `after_fp32`, this tree in
+fp32, so int8's speed and accuracy are seen against float32 in the same run. `--isa avx2`
+makes every stage's kernels take their AVX2 code paths (machine.AVX2_KERNELS), the
+nearest this CPU comes to an AVX2-only one. Prints one final JSON line; `isa` names the
+CPU's vector extensions (or the forced AVX2).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from banking import DEFAULT, write_jsonl  # noqa: E402
-from machine import cpu_isa  # noqa: E402
+from machine import AVX2_KERNELS, isa_label  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKETS = ROOT / "examples" / "support_tickets.jsonl"
@@ -69,8 +74,9 @@ def intent_rows(folder: Path, intents: int = 15, train_per: int = 36, val_per: i
     return train, val, test
 
 
-def stages(task: str, work: Path, data_dir: Path, fp32: bool) -> list[tuple[str, list[str]]]:
-    prec = ["--set", "bf16=false"] if fp32 else []
+def stages(task: str, work: Path, data_dir: Path, precision: str) -> list[tuple[str, list[str]]]:
+    prec = ["--set", "bf16=false"] if precision != "bf16" else []
+    int8 = ["--set", "int8_base=true"] if precision == "int8" else []
     data, run, report = work / "data", work / "run", work / "eval"
     if task == "demo":
         prepare = ["prepare", str(TICKETS), "--out", str(data)]
@@ -80,13 +86,13 @@ def stages(task: str, work: Path, data_dir: Path, fp32: bool) -> list[tuple[str,
                    "--test", str(data_dir / "test.jsonl"), "--split", "1,0,0", "--out", str(data)]
         train = ["train", "--data", str(data), "--out", str(run), "--method", "lora", "--set", "epochs=auto"]
     evaluate = ["eval", "--data", str(data), "--adapter", f"tuned={run}", "--out", str(report)]
-    return [("prepare", prepare), ("train", train + prec), ("eval", evaluate + prec)]
+    return [("prepare", prepare), ("train", train + prec + int8), ("eval", evaluate + prec)]
 
 
-def run_side(src: Path, task: str, work: Path, data_dir: Path, fp32: bool) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "false"}
+def run_side(src: Path, task: str, work: Path, data_dir: Path, precision: str, avx2: bool) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "false", **(AVX2_KERNELS if avx2 else {})}
     seconds = {}
-    for name, args in stages(task, work, data_dir, fp32):
+    for name, args in stages(task, work, data_dir, precision):
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "tuneforge.cli", *args], env=env, capture_output=True, text=True)
         seconds[name] = round(time.perf_counter() - start, 1)
@@ -117,17 +123,21 @@ def main() -> None:
     parser.add_argument("--task", choices=("demo", "intents"), default="demo")
     parser.add_argument("--before", help="git commit to compare with (left out: this tree only)")
     parser.add_argument("--data", type=Path, default=DEFAULT, help="the banking77 folder (task intents)")
-    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto",
-                        help="fp32 turns bf16 off everywhere (a stand-in for an AVX2-only CPU)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                        help="fp32: bf16 off everywhere; int8: this tree trains with int8_base, before in fp32")
+    parser.add_argument("--compare-fp32", action="store_true", help="with int8: also run this tree in fp32")
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                        help="avx2: force AVX2 kernels in every stage")
     args = parser.parse_args()
-    fp32 = args.precision == "fp32"
-    if fp32:
-        precision = "fp32"
-    else:
+    avx2 = args.isa == "avx2"
+    if args.precision == "auto":
         sys.path.insert(0, str(ROOT / "src"))
         from tuneforge.train.run import bf16_supported
 
-        precision = "bf16" if bf16_supported("cpu") else "fp32"
+        precision = "bf16" if bf16_supported("cpu") and not avx2 else "fp32"
+    else:
+        precision = args.precision
+    base_precision = "fp32" if precision == "int8" else precision  # `before` has no int8
 
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     data_dir = work / "source"
@@ -135,23 +145,26 @@ def main() -> None:
     if args.task == "intents":
         for name, rows in zip(("train", "val", "test"), intent_rows(args.data)):
             write_jsonl(data_dir / f"{name}.jsonl", rows)
-    trees = {"after": ROOT / "src"}
+    plan = []  # (side, source tree, precision)
     if args.before:
         checkout = work / "before-tree"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(checkout), args.before],
                        check=True)
-        trees["before"] = checkout / "src"
+        plan.append(("before", checkout / "src", base_precision))
+    if precision == "int8" and args.compare_fp32:
+        plan.append(("after_fp32", ROOT / "src", "fp32"))
+    plan.append(("after", ROOT / "src", precision))
     sides = {}
     try:
-        for name in ("before", "after"):
-            if name in trees:
-                print(f"{name}: {args.task}, {precision}, isa {cpu_isa()}", file=sys.stderr)
-                sides[name] = run_side(trees[name], args.task, work / name, data_dir, fp32)
-                print(f"{name}: {json.dumps(sides[name])}", file=sys.stderr)
+        for name, tree, side_precision in plan:
+            print(f"{name}: {args.task}, {side_precision}, isa {isa_label(avx2)}", file=sys.stderr)
+            sides[name] = run_side(tree, args.task, work / name, data_dir, side_precision, avx2)
+            print(f"{name}: {json.dumps(sides[name])}", file=sys.stderr)
     finally:
         if args.before:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "before-tree")])
-    result = {"isa": cpu_isa(), "precision": precision, "task": args.task, "before": args.before, "sides": sides}
+    result = {"isa": isa_label(avx2), "precision": precision, "task": args.task, "before": args.before,
+              "sides": sides}
     if "before" in sides:
         before, after = sides["before"], sides["after"]
         result["speedup"] = {
@@ -159,6 +172,9 @@ def main() -> None:
             "train_tokens_per_s": round(after["train_tokens_per_s"] / before["train_tokens_per_s"], 2),
             "eval": round(before["seconds"]["eval"] / after["seconds"]["eval"], 2),
         }
+    if "after_fp32" in sides:
+        result["int8_vs_fp32_train_tokens_per_s"] = round(
+            sides["after"]["train_tokens_per_s"] / sides["after_fp32"]["train_tokens_per_s"], 2)
     print(json.dumps(result))
 
 

@@ -169,6 +169,19 @@ def test_classification_end_to_end_with_an_adapter(tiny_model, tickets, tmp_path
     assert saved["n"] == result["n"] == len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines())
 
 
+def test_classification_perplexity_read_from_the_label_scores_equals_scoring_the_references(tiny_model, tickets,
+                                                                                            tmp_path):
+    """With label scoring on, each reference's log-prob comes from its label's score; with
+    it off, the references are scored on their own. The perplexity must not depend on which."""
+    found = {}
+    for constrained in (True, False):
+        cfg = EvalConfig(data=tickets, model=tiny_model, out=tmp_path / str(constrained), shots=1,
+                         latency_samples=0, constrained=constrained)
+        found[constrained] = evaluate(cfg, progress=False)["variants"]["base-zero-shot"]
+    assert "accuracy_constrained" in found[True] and "accuracy_constrained" not in found[False]
+    assert found[True]["perplexity"] == pytest.approx(found[False]["perplexity"], rel=1e-4)
+
+
 def test_extraction_generation_and_sql_files(tiny_model, tmp_path):
     extraction = write_jsonl(tmp_path / "x.jsonl", [chat(f"book for {i} people", json.dumps({"people": str(i)}))
                                                     for i in range(1, 5)])

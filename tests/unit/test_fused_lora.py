@@ -177,17 +177,48 @@ def examples(tiny_model):
     examples = [enc.chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}]) for u, a in chats]
     return examples, tokenizer.pad_token_id
 
+INT8_REL = 2e-2  # relative (Frobenius) error allowed with the frozen base in int8
 
-def tiny_lora(tiny_model: str, bf16: bool, packing: bool, fused: bool, monkeypatch):
+
+def test_int8_weight_products_are_the_rounded_products():
+    """x @ W.T and grad @ W through int8: the same as float32 products of the rounded
+    operands (int32 sums are exact), and within int8 rounding of the float32 products."""
+    torch.manual_seed(0)
+    w, x, g = torch.randn(40, 24), torch.randn(9, 24), torch.randn(9, 40)
+    int8 = fused_lora.Int8Weight(w)
+    deq = int8.q.float() * int8.scale[:, None]
+    xq, sx = fused_lora._int8_rows(x)
+    torch.testing.assert_close(int8.forward(x), (xq.float() * sx) @ deq.t(), rtol=1e-5, atol=1e-5)
+    gq, sg = fused_lora._int8_rows(g * int8.scale)
+    torch.testing.assert_close(int8.input_grad(g), (gq.float() * sg) @ int8.q.float(), rtol=1e-5, atol=1e-5)
+    assert 0 < rel_err(int8.forward(x), x @ w.t()) < INT8_REL
+    assert 0 < rel_err(int8.input_grad(g), g @ w) < INT8_REL
+
+
+def test_int8_base_layer_stays_close_to_peft_in_float32(fused_calls):
+    reference = peft_net()
+    fused = copy.deepcopy(reference)
+    assert fused_lora.fuse_lora(fused, int8=True) == 2
+    x = torch.randn(3, 5, 24)
+    (y_ref, gx_ref, grads_ref), (y, gx, grads) = forward_backward(reference, x, False), forward_backward(fused, x, False)
+    assert fused_calls == {"forward": 2, "backward": 2}
+    for what, got, want in [("output", y, y_ref), ("input grad", gx, gx_ref)] + [(n, grads[n], grads_ref[n])
+                                                                                 for n in grads]:
+        assert got.dtype == want.dtype == torch.float32, what
+        assert 0 < rel_err(got, want) < INT8_REL, what  # above 0: the int8 path ran
+
+
+def tiny_lora(tiny_model: str, bf16: bool, packing: bool, fused: bool, monkeypatch, int8: bool = False):
     """The model `tuneforge train` builds for method lora, with or without the fused path,
     and the same non-zero adapter weights."""
     from tuneforge.train.config import TrainConfig
     from tuneforge.train.methods import build_model
 
-    cfg = TrainConfig(model=tiny_model, data=Path("unused"), method="lora", tracking=[])
+    cfg = TrainConfig(model=tiny_model, data=Path("unused"), method="lora", tracking=[], int8_base=int8,
+                      bf16=bf16 if int8 else "auto")
     with monkeypatch.context() as m:
         if not fused:
-            m.setattr(fused_lora, "fuse_lora", lambda model: 0)
+            m.setattr(fused_lora, "fuse_lora", lambda model, int8=False: 0)
         model = build_model(cfg, tiny_model, "cpu", bf16=bf16, packing=packing)
     generator = torch.Generator().manual_seed(1)
     for name, param in model.named_parameters():
@@ -196,12 +227,12 @@ def tiny_lora(tiny_model: str, bf16: bool, packing: bool, fused: bool, monkeypat
     return model
 
 
-def loss_and_grads(tiny_model, batch, bf16: bool, packing: bool, fused: bool, monkeypatch):
+def loss_and_grads(tiny_model, batch, bf16: bool, packing: bool, fused: bool, monkeypatch, int8: bool = False):
     """One training-loop loss (loop.token_logps, summed over trained tokens) and its adapter grads."""
     from tuneforge.train.loop import token_logps
 
     plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=bf16)
-    model = tiny_lora(tiny_model, bf16, packing, fused, monkeypatch)
+    model = tiny_lora(tiny_model, bf16, packing, fused, monkeypatch, int8)
     model.train()
     logps, _, _ = token_logps(plan, model, batch)
     loss = -logps.sum() / batch.target_tokens
@@ -250,3 +281,13 @@ def test_tiny_model_loss_and_adapter_grads_match_peft_bf16(tiny_model, examples,
     assert rel_err(flat(grads), flat(grads_true)) < 2 * peft_err + 1e-3
     for name in grads:
         assert rel_err(grads[name], grads_true[name]) < 3 * rel_err(grads_ref[name], grads_true[name]) + 2e-2, name
+
+
+def test_tiny_model_with_an_int8_base_stays_close_to_float32(tiny_model, examples, fused_calls, monkeypatch):
+    chats, _ = examples
+    batch = packed_batch(chats)
+    loss_ref, grads_ref = loss_and_grads(tiny_model, batch, False, True, True, monkeypatch)
+    loss, grads = loss_and_grads(tiny_model, batch, False, True, True, monkeypatch, int8=True)
+    assert fused_calls == {"forward": 28, "backward": 28}
+    assert loss != loss_ref and loss == pytest.approx(loss_ref, rel=1e-2)
+    assert rel_err(flat(grads), flat(grads_ref)) < 5e-2

@@ -186,9 +186,19 @@ def test_neither_data_nor_datasets_and_prefix_packing_together():
 
 
 @pytest.mark.parametrize("values", [
+    {"method": "dora", "int8_base": True}, {"method": "lora", "int8_base": True, "bf16": True},
+    {"method": "lora", "int8_base": True, "lora": {"dropout": 0.1}},
+])
+def test_an_int8_base_outside_plain_float32_lora_is_refused(values):
+    [line] = problems(values={"data": "runs/d", **values})
+    assert "int8_base works with method lora, lora.dropout 0 and bf16 off" in line
+
+
+@pytest.mark.parametrize("values", [
     {"method": "prefix", "packing": "auto"}, {"method": "prefix", "packing": False},
     {"method": "prompt"}, {"method": "lora", "objective": "dpo"}, {"method": "full", "objective": "dpo"},
-    {"method": "lora", "packing": True},
+    {"method": "lora", "packing": True}, {"method": "lora", "int8_base": True},
+    {"method": "lora", "int8_base": True, "bf16": False},
 ])
 def test_possible_combinations_pass(values):
     assert problems(values={"data": "runs/d", **values}) == []

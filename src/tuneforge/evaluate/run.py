@@ -145,6 +145,7 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
     gen = engine.generate(model, tokenizer, prompts, budget, cfg.batch_size, bf16, progress, prefix)
     scored = score(ex, gen.texts, cfg)
     result: dict[str, Any] = dict(scored["metrics"])
+    logps = None
     if ex.task == "classification" and cfg.constrained:
         options = [_answer_ids(tokenizer, label, stop) for label in ex.labels]
         table = engine.score_options(model, prompts, options, tokenizer.pad_token_id, cfg.batch_size, bf16,
@@ -152,7 +153,10 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
         picks = [ex.labels[int(i)] for i in table.argmax(-1)]
         result["accuracy_constrained"] = sum(p == r for p, r in zip(picks, ex.references)) / len(picks)
         result["macro_f1_constrained"] = metrics.classification(picks, ex.references, ex.labels)["macro_f1"]
-    logps = engine.answer_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size, bf16, prefix)
+        logps = _reference_logprobs(table, options, ex)
+    if logps is None:
+        logps = engine.answer_logprobs(model, prompts, answers, tokenizer.pad_token_id, cfg.batch_size, bf16,
+                                       prefix)
     total, count = sum(lp for lp, _ in logps), sum(n for _, n in logps)
     # a model sure of the wrong tokens can have a loss past exp's range; cap it (JSON has no inf)
     result["perplexity"] = math.exp(min(-total / max(count, 1), 709.0))
@@ -167,6 +171,16 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
         torch.cuda.empty_cache()
     return {"metrics": result, "outputs": gen.texts, "scores": scored["scores"], "confusion": scored.get("confusion"),
             "general": general}
+
+
+def _reference_logprobs(table, options: list[list[int]], ex: Examples) -> list[tuple[float, int]] | None:
+    """Each reference's (log-prob, tokens) read from the option scores when every reference
+    is one of the labels: its answer tokens are that option's, so scoring them again
+    would repeat the work."""
+    index = {label: j for j, label in enumerate(ex.labels)}
+    if not all(r in index for r in ex.references):
+        return None
+    return [(float(table[i, index[r]]), len(options[index[r]])) for i, r in enumerate(ex.references)]
 
 
 def _latency(model, tokenizer, prompts: list[list[int]], budget: int, bf16: bool) -> float | None:

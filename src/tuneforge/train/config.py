@@ -67,6 +67,8 @@ class TrainConfig(Strict):
                                 "share (e.g. the system prompt) once instead of once per example; same maths")
     train_on_inputs: bool = Field(False, description="also learn the prompt tokens, not only the answers")
     bf16: Union[bool, Auto] = "auto"
+    int8_base: bool = Field(False, description="lora on a CPU: the frozen base weights in int8 and their products "
+                            "as int8 GEMMs (about 1.4x faster steps where the CPU has no bf16; small rounding)")
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
     eval_steps: Union[Positive, Auto] = Field("auto", description="validation loss every N steps (auto: ~10 per run)")
@@ -104,6 +106,11 @@ class TrainConfig(Strict):
                             "set gradient_checkpointing: false")
         if objective == "dpo" and method in PROMPT_METHODS:
             problems.append(f"objective dpo is not supported with method {method}; use lora or full")
+        lora = get("lora") or {}
+        dropout = lora.get("dropout") if isinstance(lora, dict) else getattr(lora, "dropout", 0)
+        if get("int8_base") and (method != "lora" or get("bf16") is True or dropout):
+            problems.append("int8_base works with method lora, lora.dropout 0 and bf16 off (it replaces bf16 "
+                            "where the CPU has none); drop int8_base or change those")
         warmup, lr = get("warmup", "auto"), get("learning_rate", "auto")
         if isinstance(warmup, (int, float)) and not 0 <= warmup <= 0.5:
             problems.append("warmup must be a share of steps between 0 and 0.5, or auto")

@@ -67,7 +67,7 @@ def build_model(cfg: TrainConfig, model_path: str, device: str, bf16: bool, pack
     from tuneforge.train.fused_lora import fuse_lora
 
     model = get_peft_model(model, config)
-    fuse_lora(model)
+    fuse_lora(model, int8=cfg.int8_base)
     return model
 
 

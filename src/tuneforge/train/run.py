@@ -96,7 +96,7 @@ def resolve(cfg: TrainConfig, n_train: int, longest: int, device: str, objective
         "warmup": cfg.warmup if cfg.warmup != "auto" else 0.05,
         "max_seq_len": cfg.max_seq_len if cfg.max_seq_len != "auto" else min(2048, longest),
         "packing": cfg.packing if cfg.packing != "auto" else cfg.method not in PROMPT_METHODS,
-        "bf16": cfg.bf16 if cfg.bf16 != "auto" else bf16_supported(device),
+        "bf16": cfg.bf16 if cfg.bf16 != "auto" else bf16_supported(device) and not cfg.int8_base,
     }
 
 
@@ -139,6 +139,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device.type
+    if cfg.int8_base and device != "cpu":
+        raise TuneforgeError(Problem("invalid_value", f"int8_base is for CPUs without bf16; on {device} use bf16 "
+                                     "(drop int8_base)", "int8_base"))
     model_path = str(resolve_model(cfg.model))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     check_tokenizer(tokenizer, cfg.model)
