@@ -30,7 +30,11 @@ Speed is real (non-padding) tokens of training per second of that wall time.
 by the same judge here: its saved best adapter on the same float32 base model, mean
 cross-entropy per answer token on the test split.
 `--precision fp32` turns bf16 off on every side (a stand-in for an AVX2-only CPU).
-Prints one final JSON line; `isa` names the CPU's vector extensions.
+`--precision int8` trains the tuneforge sides with `int8_base` (the frozen base's
+products as int8 GEMMs) and adds `tuneforge_fp32`, the same run in float32; the
+references run in float32, their best option without bf16. `--isa avx2` restarts the
+benchmark with every kernel forced onto its AVX2 code path (machine.AVX2_KERNELS).
+Prints one final JSON line; `isa` names the CPU's vector extensions (or the forced AVX2).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from banking import DEFAULT, splits, write_jsonl  # noqa: E402
-from machine import cpu_isa  # noqa: E402
+from machine import AVX2_KERNELS, isa_label  # noqa: E402
 
 LORA = dict(r=16, alpha=32, dropout=0.0)
 BATCH = 8
@@ -134,13 +139,14 @@ def run_hf(side: str, model_path: str, train_rows, val_rows, epochs: int, eval_s
             "bf16": use_bf16}
 
 
-def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, bf16: bool, out: Path, shared_prefix: bool) -> dict:
+def run_tuneforge(data_dir: Path, epochs: int, eval_steps: int, bf16: bool, out: Path, shared_prefix: bool,
+                  int8: bool = False) -> dict:
     from tuneforge.train.config import TrainConfig
     from tuneforge.train.run import train
 
     cfg = TrainConfig(data=data_dir, out=out, method="lora", epochs=epochs, batch_size=BATCH, learning_rate=LR,
                       warmup=WARMUP, lr_scheduler="cosine", eval_steps=eval_steps, save_steps=eval_steps, bf16=bf16,
-                      shared_prefix=shared_prefix, tracking=[],
+                      shared_prefix=shared_prefix, int8_base=int8, tracking=[],
                       lora={"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]})
     start = time.perf_counter()
     summary = train(cfg, progress=False)
@@ -185,11 +191,18 @@ def main() -> None:
     parser.add_argument("--intents", type=int, default=10)
     parser.add_argument("--per-intent", type=int, default=50)
     parser.add_argument("--references", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bf16 where the CPU has AVX512-BF16/AMX; fp32 stands in for an AVX2-only CPU")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32", "int8"), default="auto",
+                        help="auto: bf16 where the CPU has AVX512-BF16/AMX; fp32 stands in for an AVX2-only CPU; "
+                        "int8: tuneforge with int8_base")
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                        help="avx2: force every kernel onto its AVX2 code path")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--skip-unshared", action="store_true", help="leave out the tuneforge_unshared side")
     args = parser.parse_args()
+    avx2 = args.isa == "avx2"
+    if avx2 and any(os.environ.get(k) != v for k, v in AVX2_KERNELS.items()):
+        # the kernels are chosen when torch loads, so start again with the settings in place
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_KERNELS})
     references = [r for r in args.references.split(",") if r]
     unknown = set(references) - set(SIDES)
     if unknown:
@@ -222,17 +235,22 @@ def main() -> None:
     tokens = sum(len(e) for e in train_examples) * args.epochs  # the same real tokens on every side
     steps = math.ceil(len(train_prepared) / BATCH) * args.epochs
     eval_steps = max(1, steps // 10)
-    bf16 = bf16_supported("cpu") if args.precision == "auto" else args.precision == "bf16"
+    bf16 = bf16_supported("cpu") and not avx2 if args.precision == "auto" else args.precision == "bf16"
+    int8 = args.precision == "int8"
+    precision = "int8" if int8 else "bf16" if bf16 else "fp32"
     print(f"{len(train_prepared)} train / {len(val_prepared)} val / {len(test)} test, {args.epochs} epochs, "
-          f"eval every {eval_steps} of {steps} steps, isa {cpu_isa()}, bf16 {bf16}", file=sys.stderr)
+          f"eval every {eval_steps} of {steps} steps, isa {isa_label(avx2)}, {precision}", file=sys.stderr)
     load_model(model_path)  # warm the page cache so no side pays for the first read from disk
 
     sides: dict[str, dict] = {}
-    ours = run_tuneforge(data_dir, args.epochs, eval_steps, bf16, work / "tuneforge", shared_prefix=True)
+    ours = run_tuneforge(data_dir, args.epochs, eval_steps, bf16, work / "tuneforge", shared_prefix=True, int8=int8)
     sides["tuneforge"] = ours
+    if int8:
+        sides["tuneforge_fp32"] = run_tuneforge(data_dir, args.epochs, eval_steps, False, work / "tuneforge_fp32",
+                                                shared_prefix=True)
     if not args.skip_unshared:
         sides["tuneforge_unshared"] = run_tuneforge(data_dir, args.epochs, eval_steps, bf16,
-                                                    work / "tuneforge_unshared", shared_prefix=False)
+                                                    work / "tuneforge_unshared", shared_prefix=False, int8=int8)
     for side in references:
         sides[side] = run_hf(side, model_path, train_prepared, val_prepared, args.epochs, eval_steps, bf16,
                              work / side)
@@ -254,7 +272,7 @@ def main() -> None:
                         mean_len)
     peak = matmul_peak_flops(torch.bfloat16 if bf16 else torch.float32)
     result = {
-        "isa": cpu_isa(), "precision": "bf16" if bf16 else "fp32", "examples": len(train_prepared),
+        "isa": isa_label(avx2), "precision": precision, "examples": len(train_prepared),
         "val_examples": len(val_prepared), "test_examples": len(test), "epochs": args.epochs, "lora": LORA,
         "batch_size": BATCH,
         "sides": figures, "best_reference": best,
@@ -263,6 +281,8 @@ def main() -> None:
                              if "hf_seeds" in sides else None),
         "speedup_vs_unshared": (round(sides["tuneforge_unshared"]["wall_s"] / ours["wall_s"], 2)
                                 if "tuneforge_unshared" in sides else None),
+        "speedup_vs_fp32": (round(sides["tuneforge_fp32"]["wall_s"] / ours["wall_s"], 2)
+                            if "tuneforge_fp32" in sides else None),
         "matmul_peak_tflops": round(peak / 1e12, 3),
         # FLOPs whole examples would need: above 1 means the shared prefix skipped work
         "effective_mfu_train_loop": round(flops / ours["loop_s"] / peak, 3),

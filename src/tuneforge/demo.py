@@ -19,7 +19,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_tickets.js
 
 def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console | None = None,
          precision: str = "auto") -> dict[str, Any]:
-    """precision: auto (bf16 where the CPU has it), bf16 or fp32, for training and scoring alike."""
+    """precision: auto (bf16 where the CPU has it; elsewhere training's int8_base auto), bf16,
+    fp32, or int8 (training with int8_base; scoring in float32)."""
     from tuneforge.data.config import PrepareConfig
     from tuneforge.data.prepare import prepare
     from tuneforge.evaluate.config import EvalConfig
@@ -33,9 +34,11 @@ def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console 
     if not source.exists():
         raise TuneforgeError(Problem("file_not_found", "the example tickets are missing; run "
                                      "`python examples/make_support_tickets.py` or pass --data FILE", str(source)))
-    if precision not in ("auto", "bf16", "fp32"):
-        raise TuneforgeError(Problem("invalid_value", f"must be auto, bf16 or fp32, got {precision!r}", "--precision"))
+    if precision not in ("auto", "bf16", "fp32", "int8"):
+        raise TuneforgeError(Problem("invalid_value", f"must be auto, bf16, fp32 or int8, got {precision!r}",
+                                     "--precision"))
     bf16 = bf16_supported("cpu") if precision == "auto" else precision == "bf16"
+    int8 = "auto" if precision == "auto" else precision == "int8"
     started = time.perf_counter()
     console.rule("1/4 prepare the data")
     prepare(PrepareConfig(inputs=[source], out=out / "data"))
@@ -56,11 +59,13 @@ def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console 
             import shutil
 
             shutil.rmtree(run)
-    train(TrainConfig(data=out / "data", out=run, method="lora", epochs=epochs, resume=resume, bf16=bf16))
+    summary = train(TrainConfig(data=out / "data", out=run, method="lora", epochs=epochs, resume=resume, bf16=bf16,
+                                int8_base=int8))
 
     console.rule("4/4 score the fine-tune")
     tuned = run_all(cfg, examples, [Variant("tuned", lambda: load_tuned(run))])
     result = assemble(cfg, examples, {**base, **tuned})
     result["demo_seconds"] = round(time.perf_counter() - started, 1)
-    result["precision"] = "bf16" if bf16 else "fp32"
+    trained_int8 = summary.get("settings", {}).get("int8_base")
+    result["precision"] = "bf16" if bf16 else "int8 training, fp32 scoring" if trained_int8 else "fp32"
     return result

@@ -214,12 +214,11 @@ def tiny_lora(tiny_model: str, bf16: bool, packing: bool, fused: bool, monkeypat
     from tuneforge.train.config import TrainConfig
     from tuneforge.train.methods import build_model
 
-    cfg = TrainConfig(model=tiny_model, data=Path("unused"), method="lora", tracking=[], int8_base=int8,
-                      bf16=bf16 if int8 else "auto")
+    cfg = TrainConfig(model=tiny_model, data=Path("unused"), method="lora", tracking=[])
     with monkeypatch.context() as m:
         if not fused:
             m.setattr(fused_lora, "fuse_lora", lambda model, int8=False: 0)
-        model = build_model(cfg, tiny_model, "cpu", bf16=bf16, packing=packing)
+        model = build_model(cfg, tiny_model, "cpu", bf16=bf16, packing=packing, int8=int8)
     generator = torch.Generator().manual_seed(1)
     for name, param in model.named_parameters():
         if "lora_" in name:

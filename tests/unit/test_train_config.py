@@ -191,7 +191,7 @@ def test_neither_data_nor_datasets_and_prefix_packing_together():
 ])
 def test_an_int8_base_outside_plain_float32_lora_is_refused(values):
     [line] = problems(values={"data": "runs/d", **values})
-    assert "int8_base works with method lora, lora.dropout 0 and bf16 off" in line
+    assert "int8_base works with method lora, lora.dropout 0, bf16 off and objective sft" in line
 
 
 @pytest.mark.parametrize("values", [
@@ -283,11 +283,31 @@ def test_auto_epochs_is_monotonic_and_bounded():
 
 def test_resolve_fills_every_auto_from_the_data(monkeypatch):
     monkeypatch.setattr(run, "bf16_supported", lambda device: device == "cuda")
+    monkeypatch.setattr(run, "int8_gemm_preferred", lambda device: device == "cpu")
     small = resolve(cfg_for(), n_train=100, longest=300, device="cpu")
     assert small == {"epochs": 8, "learning_rate": 2e-4, "warmup": 0.05, "max_seq_len": 300, "packing": True,
-                     "bf16": False}
+                     "bf16": False, "int8_base": True}
     large = resolve(cfg_for(), n_train=50_000, longest=9000, device="cuda")
-    assert (large["epochs"], large["max_seq_len"], large["bf16"]) == (1, 2048, True)
+    assert (large["epochs"], large["max_seq_len"], large["bf16"], large["int8_base"]) == (1, 2048, True, False)
+
+
+@pytest.mark.parametrize("update, int8", [
+    ({}, True), ({"method": "dora"}, False), ({"method": "full"}, False), ({"objective": "dpo"}, False),
+    ({"lora": {"dropout": 0.1}}, False), ({"bf16": True}, False), ({"int8_base": False}, False),
+])
+def test_auto_int8_base_is_for_plain_lora_where_the_cpu_prefers_int8(monkeypatch, update, int8):
+    monkeypatch.setattr(run, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(run, "int8_gemm_preferred", lambda device: True)
+    assert resolve(cfg_for(**update), n_train=100, longest=300, device="cpu")["int8_base"] is int8
+
+
+def test_auto_int8_base_stays_off_where_the_cpu_has_bf16_or_no_avx2(monkeypatch, tmp_path):
+    for flags, bf16 in [("fpu avx2 avx512f avx512_bf16", True), ("fpu sse4_2", False), ("fp asimd", False)]:
+        (tmp_path / "cpuinfo").write_text(f"flags\t\t: {flags}\n")
+        monkeypatch.setattr(run, "Path", lambda p, f=tmp_path / "cpuinfo": f)
+        assert run.bf16_supported("cpu") is bf16 and run.int8_gemm_preferred("cpu") is False
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 fma\n")
+    assert run.bf16_supported("cpu") is False and run.int8_gemm_preferred("cpu") is True
 
 
 @pytest.mark.parametrize("method", sorted(LEARNING_RATES))
@@ -308,7 +328,10 @@ def test_auto_learning_rate_is_lower_for_dpo():
 def test_explicit_values_win_over_auto():
     cfg = cfg_for(epochs=2, learning_rate=1e-3, warmup=0.1, max_seq_len=128, packing=False, bf16=True)
     assert resolve(cfg, n_train=10, longest=5000, device="cpu") == {
-        "epochs": 2, "learning_rate": 1e-3, "warmup": 0.1, "max_seq_len": 128, "packing": False, "bf16": True}
+        "epochs": 2, "learning_rate": 1e-3, "warmup": 0.1, "max_seq_len": 128, "packing": False, "bf16": True,
+        "int8_base": False}
+    cfg = cfg_for(int8_base=True)
+    assert resolve(cfg, n_train=10, longest=5000, device="cpu")["bf16"] is False  # int8 replaces bf16
 
 
 def test_auto_settings_of_the_examples():

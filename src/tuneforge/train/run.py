@@ -68,6 +68,17 @@ def bf16_supported(device: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def int8_gemm_preferred(device: str) -> bool:
+    """An x86 CPU with AVX2 but no bf16: there int8 GEMMs beat float32 (PyTorch's int8
+    kernels need AVX2; ARM and older CPUs keep float32)."""
+    if device != "cpu" or bf16_supported(device):
+        return False
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict], str, list[dict[str, Any]]]:
     sources = [(cfg.data, 1.0)] if cfg.data is not None else [(d.path, d.weight) for d in cfg.datasets]
     parts, val_parts, tasks, reports = [], [], [], []
@@ -90,13 +101,18 @@ def resolve(cfg: TrainConfig, n_train: int, longest: int, device: str, objective
     objective = objective or cfg.objective
     lr = cfg.learning_rate if cfg.learning_rate != "auto" else LEARNING_RATES[cfg.method] * (
         0.25 if objective == "dpo" else 1.0)
+    bf16 = cfg.bf16 if cfg.bf16 != "auto" else bf16_supported(device) and cfg.int8_base is not True
+    int8 = cfg.int8_base if cfg.int8_base != "auto" else (
+        not bf16 and cfg.method == "lora" and objective != "dpo" and not cfg.lora.dropout
+        and int8_gemm_preferred(device))
     return {
         "epochs": cfg.epochs if cfg.epochs != "auto" else auto_epochs(n_train),
         "learning_rate": lr,
         "warmup": cfg.warmup if cfg.warmup != "auto" else 0.05,
         "max_seq_len": cfg.max_seq_len if cfg.max_seq_len != "auto" else min(2048, longest),
         "packing": cfg.packing if cfg.packing != "auto" else cfg.method not in PROMPT_METHODS,
-        "bf16": cfg.bf16 if cfg.bf16 != "auto" else bf16_supported(device) and not cfg.int8_base,
+        "bf16": bf16,
+        "int8_base": int8,
     }
 
 
@@ -139,7 +155,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device.type
-    if cfg.int8_base and device != "cpu":
+    if cfg.int8_base is True and device != "cpu":
         raise TuneforgeError(Problem("invalid_value", f"int8_base is for CPUs without bf16; on {device} use bf16 "
                                      "(drop int8_base)", "int8_base"))
     model_path = str(resolve_model(cfg.model))
@@ -152,13 +168,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     train_items = datasets.encode(train_rows, objective, encoder)
     longest = max((datasets.longest(x) for x in train_items), default=16)
     settings = resolve(cfg, len(train_rows), longest, device, objective)
+    if cfg.int8_base is True and objective == "dpo":
+        raise TuneforgeError(Problem("invalid_value", "int8_base does not work with preference data (objective "
+                                     "dpo: the reference model would run in float32); drop int8_base", "int8_base"))
     train_items = datasets.truncate(train_items, settings["max_seq_len"], encoder.stats)
     val_items = datasets.encode(val_rows[: cfg.eval_limit], objective, Encoder(tokenizer, settings["max_seq_len"]))
     if not train_items:
         raise TuneforgeError(Problem("no_examples", "no training example has a trained token", str(cfg.data)))
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, model_path, device, settings["bf16"], settings["packing"])
+    model = build_model(cfg, model_path, device, settings["bf16"], settings["packing"], settings["int8_base"])
     if cfg.compile:
         model = torch.compile(model)
     trainable, total = count_params(model)
@@ -247,7 +266,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "peak_rss_mb": peak_rss_mb(),
             "trainable_params": trainable, "total_params": total, "processes": accelerator.num_processes,
             "settings": {k: resolved[k] for k in ("epochs", "learning_rate", "warmup", "max_seq_len", "packing",
-                                                  "bf16", "batch_size", "grad_accum", "total_steps")},
+                                                  "bf16", "int8_base", "batch_size", "grad_accum",
+                                                  "total_steps")},
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.wait_for_everyone()
