@@ -30,12 +30,12 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest -q tests/integration
 
-# about an hour and a half on 2 cores; the train and quality benchmarks read ../shared/data
+# about an hour and three quarters on 2 cores; the train and quality benchmarks read ../shared/data
 bench: install
 	$(BIN)/python benchmarks/prepare_bench.py --records 200000
 	$(BIN)/python benchmarks/train_bench.py --data ../shared/data/banking77
 	$(BIN)/python benchmarks/eval_bench.py
-	$(BIN)/python benchmarks/pipeline_bench.py --task demo --before bfc2738 --precision fp32
+	$(BIN)/python benchmarks/pipeline_bench.py --task demo --before bfc2738 --precision int8 --compare-fp32 --isa avx2
 	$(BIN)/python benchmarks/serve_bench.py
 	$(BIN)/python benchmarks/quality_bench.py --data ../shared/data/banking77
 	$(BIN)/python benchmarks/quality_bench.py --data ../shared/data/restaurant8k_extraction
