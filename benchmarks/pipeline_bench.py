@@ -74,9 +74,10 @@ def intent_rows(folder: Path, intents: int = 15, train_per: int = 36, val_per: i
     return train, val, test
 
 
-def stages(task: str, work: Path, data_dir: Path, precision: str) -> list[tuple[str, list[str]]]:
+def stages(task: str, work: Path, data_dir: Path, precision: str, knows_int8: bool) -> list[tuple[str, list[str]]]:
     prec = ["--set", "bf16=false"] if precision != "bf16" else []
-    int8 = ["--set", "int8_base=true"] if precision == "int8" else []
+    # fp32 means fp32 on an AVX2-only CPU too, where int8_base would be on by default
+    int8 = ["--set", f"int8_base={str(precision == 'int8').lower()}"] if knows_int8 else []
     data, run, report = work / "data", work / "run", work / "eval"
     if task == "demo":
         prepare = ["prepare", str(TICKETS), "--out", str(data)]
@@ -92,7 +93,7 @@ def stages(task: str, work: Path, data_dir: Path, precision: str) -> list[tuple[
 def run_side(src: Path, task: str, work: Path, data_dir: Path, precision: str, avx2: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "false", **(AVX2_KERNELS if avx2 else {})}
     seconds = {}
-    for name, args in stages(task, work, data_dir, precision):
+    for name, args in stages(task, work, data_dir, precision, knows_int8=src == ROOT / "src"):
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "tuneforge.cli", *args], env=env, capture_output=True, text=True)
         seconds[name] = round(time.perf_counter() - start, 1)
