@@ -263,8 +263,8 @@ def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="folder for everything the demo writes"),
     data: Optional[Path] = typer.Option(None, help="tickets to use instead of examples/support_tickets.jsonl"),
     epochs: int = typer.Option(2, min=1, help="LoRA epochs"),
-    precision: str = typer.Option("auto", help="auto (bf16 where the CPU has it, else int8 training on AVX2), "
-                                  "bf16, fp32 or int8"),
+    precision: str = typer.Option("auto", help="auto (bf16 where the CPU has it, else fp32), bf16, fp32 or "
+                                  "int8 (int8_base training)"),
 ) -> None:
     """Prepare the example tickets, score the base model, fine-tune with LoRA, score again."""
     from tuneforge.demo import demo as run_demo

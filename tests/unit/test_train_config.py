@@ -284,10 +284,11 @@ def test_auto_epochs_is_monotonic_and_bounded():
 def test_resolve_fills_every_auto_from_the_data(monkeypatch):
     monkeypatch.setattr(run, "bf16_supported", lambda device: device == "cuda")
     monkeypatch.setattr(run, "int8_gemm_preferred", lambda device: device == "cpu")
-    small = resolve(cfg_for(), n_train=100, longest=300, device="cpu")
+    small = resolve(cfg_for(int8_base="auto"), n_train=100, longest=300, device="cpu")
     assert small == {"epochs": 8, "learning_rate": 2e-4, "warmup": 0.05, "max_seq_len": 300, "packing": True,
                      "bf16": False, "int8_base": True}
-    large = resolve(cfg_for(), n_train=50_000, longest=9000, device="cuda")
+    assert resolve(cfg_for(), n_train=100, longest=300, device="cpu")["int8_base"] is False  # off unless asked
+    large = resolve(cfg_for(int8_base="auto"), n_train=50_000, longest=9000, device="cuda")
     assert (large["epochs"], large["max_seq_len"], large["bf16"], large["int8_base"]) == (1, 2048, True, False)
 
 
@@ -298,7 +299,8 @@ def test_resolve_fills_every_auto_from_the_data(monkeypatch):
 def test_auto_int8_base_is_for_plain_lora_where_the_cpu_prefers_int8(monkeypatch, update, int8):
     monkeypatch.setattr(run, "bf16_supported", lambda device: False)
     monkeypatch.setattr(run, "int8_gemm_preferred", lambda device: True)
-    assert resolve(cfg_for(**update), n_train=100, longest=300, device="cpu")["int8_base"] is int8
+    assert resolve(cfg_for(**{"int8_base": "auto", **update}), n_train=100, longest=300,
+                   device="cpu")["int8_base"] is int8
 
 
 def test_auto_int8_base_stays_off_where_the_cpu_has_bf16_or_no_avx2(monkeypatch, tmp_path):
