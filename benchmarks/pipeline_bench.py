@@ -76,7 +76,7 @@ def intent_rows(folder: Path, intents: int = 15, train_per: int = 36, val_per: i
 
 def stages(task: str, work: Path, data_dir: Path, precision: str, knows_int8: bool) -> list[tuple[str, list[str]]]:
     prec = ["--set", "bf16=false"] if precision != "bf16" else []
-    # fp32 means fp32 on an AVX2-only CPU too, where int8_base would be on by default
+    # this tree's sides say int8_base either way, so a side's precision never rests on a default
     int8 = ["--set", f"int8_base={str(precision == 'int8').lower()}"] if knows_int8 else []
     data, run, report = work / "data", work / "run", work / "eval"
     if task == "demo":

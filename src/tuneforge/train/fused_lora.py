@@ -42,9 +42,8 @@ class Int8Weight:
     its products read: x @ W.T forward, grad @ W backward."""
 
     def __init__(self, weight: torch.Tensor):
-        w = weight.detach().float()
-        self.scale = w.abs().amax(1).clamp(min=1e-12) / 127
-        q = torch.round(w / self.scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        q, scale = _int8_rows(weight.detach().float())  # a row of W is one output feature
+        self.scale = scale[:, 0]
         self.q, self.q_t = q, q.t().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,27 +56,26 @@ def peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def bf16_supported(device: str) -> bool:
     import torch
 
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def int8_gemm_preferred(device: str) -> bool:
     """An x86 CPU with AVX2 but no bf16: there int8 GEMMs beat float32 (PyTorch's int8
     kernels need AVX2; ARM and older CPUs keep float32)."""
-    if device != "cpu" or bf16_supported(device):
-        return False
-    try:
-        return " avx2" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return device == "cpu" and not bf16_supported(device) and " avx2" in _cpu_flags()
 
 
 def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict], str, list[dict[str, Any]]]:
