@@ -1,19 +1,22 @@
 """Profile: where one LoRA training step's time goes, with and without the shared prefix.
 
-    python benchmarks/step_profile.py [--data FOLDER] [--precision auto|bf16|fp32] [--steps 8]
+    python benchmarks/step_profile.py [--data FOLDER] [--precision auto|bf16|fp32|int8] [--steps 8] [--isa avx2]
 
 Trains `--steps` steps of batch 8 (after one warm-up step) from a prepared folder (default:
 the demo's, `runs/demo/data`, which `make demo` writes) on the built-in model, as `tuneforge
 train` builds it (LoRA r=16 on all linear layers, packing, fused LoRA), once with the
-shared prefix and once without, from the same starting weights. Prints the op table of a
-profiled step to stderr, then one JSON line: tokens/s of each side, the share of step time
-in matrix products, and the loss of each step (the two sides should agree).
+shared prefix and once without, from the same starting weights. `int8` trains with the
+frozen base in int8 (`int8_base`); `--isa avx2` re-runs the profile with AVX2 kernels forced.
+Prints the op table of a profiled step to stderr, then one JSON line: tokens/s of each side,
+the share of step time in matrix products, and the loss of each step (the two sides should
+agree).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_isa  # noqa: E402
+from machine import AVX2_KERNELS, isa_label  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,9 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "runs" / "demo" / "data")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32", "int8"), default="auto")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     args = parser.parse_args()
+    avx2 = args.isa == "avx2"
+    if avx2 and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":  # the kernels are chosen at import
+        os.execvpe(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_KERNELS})
 
     from types import SimpleNamespace
 
@@ -43,10 +50,12 @@ def main() -> None:
     from tuneforge.train import loop
     from tuneforge.train.collate import Encoder, packed_batch
     from tuneforge.train.config import TrainConfig
+    from tuneforge.train.fused_lora import quantize_base
     from tuneforge.train.methods import build_model
     from tuneforge.train.run import bf16_supported
 
-    bf16 = bf16_supported("cpu") if args.precision == "auto" else args.precision == "bf16"
+    bf16 = bf16_supported("cpu") and not avx2 if args.precision == "auto" else args.precision == "bf16"
+    int8 = args.precision == "int8"
     model_path = str(resolve_model("smollm2-135m"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     _, rows, _ = datasets.read_prepared(args.data)
@@ -56,12 +65,15 @@ def main() -> None:
     cfg = TrainConfig(data=args.data, out=Path("unused"), method="lora", tracking=[])
     plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=bf16)
 
-    result = {"isa": cpu_isa(), "precision": "bf16" if bf16 else "fp32", "steps": args.steps}
+    result = {"isa": isa_label(avx2), "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
+              "steps": args.steps}
     for share in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg, model_path, "cpu", bf16, packing=True)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
         batches = [packed_batch(examples[i:i + 8], share_prefix=share) for i in range(0, len(examples), 8)]
+        if int8:  # smoothed on the batches it then trains on, as train does on its first examples
+            quantize_base(model, lambda: [loop.token_logps(plan, model, b) for b in batches])
         losses = []
 
         def step(batch) -> None:

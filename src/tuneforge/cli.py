@@ -263,8 +263,8 @@ def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="folder for everything the demo writes"),
     data: Optional[Path] = typer.Option(None, help="tickets to use instead of examples/support_tickets.jsonl"),
     epochs: int = typer.Option(2, min=1, help="LoRA epochs"),
-    precision: str = typer.Option("auto", help="auto (bf16 where the CPU has it, else fp32), bf16, fp32 or "
-                                  "int8 (int8_base training)"),
+    precision: str = typer.Option("auto", help="auto (as train: bf16 where the CPU has it, else the int8 base "
+                                  "on x86 with AVX2, else fp32), bf16, fp32 or int8 (int8_base training)"),
 ) -> None:
     """Prepare the example tickets, score the base model, fine-tune with LoRA, score again."""
     from tuneforge.demo import demo as run_demo
@@ -489,7 +489,7 @@ def advise_method(
     seq_len: Optional[int] = typer.Option(None, help="tokens per example [2048]"),
     batch: Optional[int] = typer.Option(None, help="examples per micro-batch [4]"),
     answer_tokens: Optional[int] = typer.Option(None, help="tokens per example that carry a loss [seq-len]"),
-    precision: Optional[str] = typer.Option(None, help="auto|bf16|fp32 [auto: as train picks]"),
+    precision: Optional[str] = typer.Option(None, help="auto|bf16|fp32|int8 [auto: as train picks]"),
     lora_r: Optional[int] = typer.Option(None, help="LoRA rank [16]"),
     virtual_tokens: Optional[int] = typer.Option(None, help="prefix/prompt tuning virtual tokens [20]"),
     as_json: bool = JsonOpt,

@@ -19,8 +19,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support_tickets.js
 
 def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console | None = None,
          precision: str = "auto") -> dict[str, Any]:
-    """precision: auto (bf16 where the CPU has it, else fp32), bf16, fp32, or int8 (training
-    with int8_base; scoring in float32)."""
+    """precision: auto (as train: bf16 where the CPU has it, else int8_base where it
+    resolves on), bf16, fp32, or int8 (training with int8_base); scoring is float32 unless bf16."""
     from tuneforge.data.config import PrepareConfig
     from tuneforge.data.prepare import prepare
     from tuneforge.evaluate.config import EvalConfig
@@ -38,7 +38,7 @@ def demo(out: Path, data: Path | None = None, epochs: int = 2, console: Console 
         raise TuneforgeError(Problem("invalid_value", f"must be auto, bf16, fp32 or int8, got {precision!r}",
                                      "--precision"))
     bf16 = bf16_supported("cpu") if precision == "auto" else precision == "bf16"
-    int8 = precision == "int8"
+    int8 = "auto" if precision == "auto" else precision == "int8"
     started = time.perf_counter()
     console.rule("1/4 prepare the data")
     prepare(PrepareConfig(inputs=[source], out=out / "data"))

@@ -324,6 +324,12 @@ def test_memory_terms_by_method():
     assert rows["prefix"]["total_checkpointed_gb"] == rows["prefix"]["total_gb"]
     fp32 = advise_method(dict(model_params=7e9, precision="fp32"))["methods"]["lora"]
     assert fp32["weights_gb"] == pytest.approx(2 * rows["lora"]["weights_gb"], rel=1e-3)
+    # int8_base keeps the float32 base and two int8 copies of each block-linear weight
+    int8 = advise_method(dict(model_params=7e9, precision="int8"))
+    block_linear = int8["shape"]["block_linear"]
+    assert int8["methods"]["lora"]["weights_gb"] == pytest.approx(fp32["weights_gb"] + 2 * block_linear / GB, rel=1e-3)
+    assert int8["methods"]["full"]["weights_gb"] == rows["full"]["weights_gb"]
+    assert int8["precision"] == "fp32, lora's base in int8"
 
 
 @pytest.mark.parametrize("gpu_gb, expected, fits", [(80, "lora", "yes"), (24, "lora", "with checkpointing"),

@@ -116,7 +116,6 @@ def test_each_method_trains_and_loads_back(method, tiny_model, wide_model, chat_
     if method == "qlora":
         pytest.importorskip("bitsandbytes")
     base = wide_model if method == "qlora" else tiny_model
-    # float32, so the reloaded artifact must give the trained model's logits to float32 precision
     # float32 throughout (no int8 base on AVX2-only CPUs), so the reloaded adapter must give
     # exactly the logits of the model that trained
     int8 = {"int8_base": False} if method == "lora" else {}
@@ -180,9 +179,13 @@ def adapter_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
-def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tiny_model, chat_data, tmp_path):
-    kw = dict(max_steps=6, eval_steps=100, save_steps=2, save_total_limit=5, lora={"dropout": 0.1})
-    train(config(tiny_model, chat_data, tmp_path / "whole", **kw), progress=False)
+@pytest.mark.parametrize("settings", [{"lora": {"dropout": 0.1}}, {"int8_base": True}], ids=["dropout", "int8_base"])
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tiny_model, chat_data, tmp_path, settings):
+    """Dropout: the random state is restored. int8_base: the resumed run rounds and smooths
+    the base exactly as the first did (on the first train examples, before any step)."""
+    kw = dict(max_steps=6, eval_steps=100, save_steps=2, save_total_limit=5, **settings)
+    first = train(config(tiny_model, chat_data, tmp_path / "whole", **kw), progress=False)
+    assert first["settings"]["int8_base"] is settings.get("int8_base", False)
     train(config(tiny_model, chat_data, tmp_path / "cut", **kw), progress=False)
     # as if killed just after step 2: later checkpoints and the export never happened
     cut = tmp_path / "cut"

@@ -284,11 +284,10 @@ def test_auto_epochs_is_monotonic_and_bounded():
 def test_resolve_fills_every_auto_from_the_data(monkeypatch):
     monkeypatch.setattr(run, "bf16_supported", lambda device: device == "cuda")
     monkeypatch.setattr(run, "int8_gemm_preferred", lambda device: device == "cpu")
-    small = resolve(cfg_for(int8_base="auto"), n_train=100, longest=300, device="cpu")
+    small = resolve(cfg_for(), n_train=100, longest=300, device="cpu")  # int8_base is auto by default
     assert small == {"epochs": 8, "learning_rate": 2e-4, "warmup": 0.05, "max_seq_len": 300, "packing": True,
                      "bf16": False, "int8_base": True}
-    assert resolve(cfg_for(), n_train=100, longest=300, device="cpu")["int8_base"] is False  # off unless asked
-    large = resolve(cfg_for(int8_base="auto"), n_train=50_000, longest=9000, device="cuda")
+    large = resolve(cfg_for(), n_train=50_000, longest=9000, device="cuda")
     assert (large["epochs"], large["max_seq_len"], large["bf16"], large["int8_base"]) == (1, 2048, True, False)
 
 

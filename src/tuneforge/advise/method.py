@@ -9,7 +9,8 @@ L layers of a Llama-shaped decoder (hidden h, query width q = heads * head_dim, 
 k = kv_heads * head_dim, MLP width i, vocab V) and LoRA rank r:
 
     weights      full: 4 P (float32 master weights; bf16 is autocast)
-                 lora, prefix, prompt: 2 P in bf16, 4 P in float32 (the frozen base)
+                 lora, prefix, prompt: 2 P in bf16, 4 P in float32 (the frozen base);
+                 lora with int8_base adds 2 bytes per block-linear weight (its two int8 copies)
                  qlora: 0.516 bytes per block-linear weight (NF4 plus double-quantised scales,
                  4.127 bits), 4 bytes for the rest (embeddings, norms: train loads QLoRA in
                  float32 and PEFT's k-bit preparation keeps them there)
@@ -99,7 +100,8 @@ class MethodConfig(Strict):
     seq_len: int = Field(2048, ge=1, description="tokens per example")
     batch: int = Field(4, ge=1, description="examples per micro-batch")
     answer_tokens: Optional[int] = Field(None, ge=1, description="tokens per example that carry a loss [seq_len]")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="compute precision [auto: as train]")
+    precision: Literal["auto", "bf16", "fp32", "int8"] = Field(
+        "auto", description="compute precision [auto: as train]; int8: float32 with lora's frozen base in int8")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     virtual_tokens: int = Field(20, ge=1, description="prefix/prompt tuning virtual tokens")
 
@@ -185,7 +187,9 @@ def trainable(s: Shape, method: str, cfg: MethodConfig) -> float:
     return cfg.virtual_tokens * s.hidden
 
 
-def weight_bytes(s: Shape, method: str, bf16: bool) -> float:
+def weight_bytes(s: Shape, method: str, bf16: bool, int8: bool = False) -> float:
+    if method == "lora" and int8:
+        return 4 * s.params + 2 * s.block_linear
     if method == "full":
         return 4 * s.params
     if method == "qlora":
@@ -211,10 +215,10 @@ def activation_bytes(s: Shape, method: str, cfg: MethodConfig, bf16: bool, check
     return saved * RETENTION[cfg.device]
 
 
-def estimate(s: Shape, method: str, cfg: MethodConfig, bf16: bool) -> dict[str, Any]:
+def estimate(s: Shape, method: str, cfg: MethodConfig, bf16: bool, int8: bool = False) -> dict[str, Any]:
     a = trainable(s, method, cfg)
     states = 12 * a  # float32 gradients (4) + AdamW moments (8)
-    weights = weight_bytes(s, method, bf16)
+    weights = weight_bytes(s, method, bf16, int8)
     runtime = RUNTIME_GB[cfg.device] * GB
     act = activation_bytes(s, method, cfg, bf16, False)
     act_ckpt = activation_bytes(s, method, cfg, bf16, True)
@@ -251,6 +255,15 @@ def _bf16(cfg: MethodConfig) -> bool:
     from tuneforge.train.run import bf16_supported
 
     return bf16_supported("cpu")
+
+
+def _int8(cfg: MethodConfig, bf16: bool) -> bool:
+    """Whether train's int8_base (default auto) would be on for lora."""
+    if cfg.precision != "auto":
+        return cfg.precision == "int8"
+    from tuneforge.train.run import int8_gemm_preferred
+
+    return cfg.device == "cpu" and not bf16 and int8_gemm_preferred("cpu")
 
 
 def fit(row: dict[str, Any], memory: float) -> str:
@@ -293,13 +306,15 @@ def advise_method(values: dict[str, Any]) -> dict[str, Any]:
     cfg = build(MethodConfig, values, combination)
     shape = model_shape(cfg.model) if cfg.model else assumed_shape(cfg.model_params)
     bf16 = _bf16(cfg)
+    int8 = _int8(cfg, bf16)
     memory, memory_source = _memory_gb(cfg)
-    rows = {m: estimate(shape, m, cfg, bf16) for m in METHODS}
+    rows = {m: estimate(shape, m, cfg, bf16, int8) for m in METHODS}
     for row in rows.values():
         row["fits"] = fit(row, memory)
     choice, reasons = recommend(rows, memory)
+    precision = "bf16" if bf16 else "fp32, lora's base in int8" if int8 else "fp32"
     return {"recommendation": choice, "reasons": reasons, "device": cfg.device, "memory_gb": memory,
-            "memory_source": memory_source, "precision": "bf16" if bf16 else "fp32",
+            "memory_source": memory_source, "precision": precision,
             "seq_len": cfg.seq_len, "batch": cfg.batch, "lora_r": cfg.lora_r, "shape": asdict(shape),
             "methods": rows}
 

@@ -10,16 +10,24 @@ dtype. The parameters are PEFT's own, so checkpoints and the saved adapter are
 unchanged; anything unusual (dropout, DoRA, several adapters, merged or disabled
 adapters) falls back to PEFT's forward.
 
-With `int8=True` the frozen base product runs as an int8 GEMM (`torch._int_mm`): the
-weight rounded once to int8 with a scale per output feature, the input (and, backward,
-the incoming gradient) rounded per token. Where the CPU has no bf16 this is the fast
-path (int8 products are about twice float32's rate with AVX2 alone); the adapter, its
-gradients and optimizer state stay float32.
+`quantize_base` then runs each fused layer's frozen base product as an int8 GEMM
+(`torch._int_mm`): the weight rounded once to int8 with a scale per output feature, the
+input (and, backward, the incoming gradient) rounded per token. Where the CPU has no bf16
+this is the fast path (int8 products are about twice float32's rate with AVX2 alone); the
+adapter, its gradients and optimizer state stay float32. A few input channels of these
+layers carry values far above the rest, which would make per-token rounding coarse for
+every other channel, so each layer is first smoothed as SmoothQuant does (Xiao et al.,
+2022): x @ W.T = (x / s) @ (W * s).T, with s per input channel from the input ranges seen
+on sample data and the weight's. That moves half of the range (in log scale) from the
+input to the weight, where the per-output-feature scales absorb it. On the training
+benchmark's data, rounding without smoothing raised the test loss about 10% over float32
+(three seeds); the forward product caused it, the input gradient's rounding did not.
 """
 
 from __future__ import annotations
 
 import types
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -38,22 +46,33 @@ def _int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Weight:
-    """A frozen [out, in] weight in int8, one scale per output feature, in the two layouts
-    its products read: x @ W.T forward, grad @ W backward."""
+    """A frozen [out, in] weight in int8 with one scale per output feature, once for each
+    product: x @ W.T forward (smoothed by `input_range`, max |x| per input channel on sample
+    inputs; without it not smoothed) and grad @ W backward (not smoothed: the incoming
+    gradient has no such channels, and smoothing would coarsen the weight's rounding).
+    Each product reads its weight column-major (a transposed view), which int8 GEMMs run
+    1.2-1.4x faster than row-major at these shapes."""
 
-    def __init__(self, weight: torch.Tensor):
-        q, scale = _int8_rows(weight.detach().float())  # a row of W is one output feature
-        self.scale = scale[:, 0]
-        self.q, self.q_t = q, q.t().contiguous()
+    def __init__(self, weight: torch.Tensor, input_range: torch.Tensor | None = None):
+        weight = weight.detach().float()
+        q, scale = _int8_rows(weight)  # a row of W is one output feature
+        self.grad_scale, self.q_t = scale[:, 0], q.t().contiguous()
+        self.smooth = None
+        if input_range is not None:
+            # s = sqrt(max|x| / max|W|) per input channel: both sides end up with the same range
+            s = (input_range.float().clamp(min=1e-5) / weight.abs().amax(0).clamp(min=1e-5)).sqrt_()
+            q, scale = _int8_rows(weight * s)
+            self.smooth = 1 / s
+        self.scale, self.q = scale[:, 0], q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xq, sx = _int8_rows(x)
-        return torch._int_mm(xq, self.q_t).float().mul_(sx).mul_(self.scale)
+        xq, sx = _int8_rows(x if self.smooth is None else x * self.smooth)
+        return torch._int_mm(xq, self.q.t()).float().mul_(sx).mul_(self.scale)
 
     def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
         # the weight's scales run along grad's columns, so they go in before rounding
-        gq, sg = _int8_rows(grad * self.scale)
-        return torch._int_mm(gq, self.q).float().mul_(sg)
+        gq, sg = _int8_rows(grad * self.grad_scale)
+        return torch._int_mm(gq, self.q_t.t()).float().mul_(sg)
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -105,9 +124,9 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs):
                              float(self.scaling[name]), self._int8)
 
 
-def fuse_lora(model, int8: bool = False) -> int:
-    """Route every plain PEFT LoRA linear layer of `model` through the fused function
-    (with its frozen base weight in int8 if asked); returns how many layers were switched."""
+def fuse_lora(model) -> int:
+    """Route every plain PEFT LoRA linear layer of `model` through the fused function;
+    returns how many layers were switched."""
     from peft.tuners.lora import Linear as LoraLinear
 
     switched = 0
@@ -115,6 +134,30 @@ def fuse_lora(model, int8: bool = False) -> int:
         if type(module) is LoraLinear and isinstance(module.base_layer, nn.Linear):
             module._peft_forward = module.forward
             module.forward = types.MethodType(_fast_forward, module)
-            module._int8 = Int8Weight(module.base_layer.weight) if int8 else None
+            module._int8 = None
             switched += 1
     return switched
+
+
+@torch.no_grad()
+def quantize_base(model, run_samples: Callable[[], object]) -> int:
+    """Put the frozen base of every fused layer in int8, smoothed by the input ranges each
+    layer sees while `run_samples()` runs the model (in float32: call it before training,
+    while the adapters still add nothing, so the result depends on the base and the
+    samples only and a resumed run rebuilds the same base). Returns the layers quantized."""
+    layers = [m for m in model.modules() if hasattr(m, "_int8")]
+    ranges: dict[nn.Module, torch.Tensor] = {}
+
+    def record(module, args):
+        seen = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(0).float()
+        ranges[module] = seen if module not in ranges else torch.maximum(ranges[module], seen)
+
+    hooks = [m.register_forward_pre_hook(record) for m in layers]
+    try:
+        run_samples()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for m in layers:
+        m._int8 = Int8Weight(m.base_layer.weight, ranges.get(m))
+    return len(layers)

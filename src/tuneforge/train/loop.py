@@ -152,6 +152,16 @@ def reference_logps(plan: Plan, items: list) -> torch.Tensor:
 
 
 @torch.no_grad()
+def forward_only(plan: Plan, items: list) -> None:
+    """The model on `items` without gradients (int8_base reads its input ranges so)."""
+    model = plan.accelerator.unwrap_model(plan.model)
+    model.eval()
+    for start in range(0, len(items), plan.batch_size):
+        token_logps(plan, model, make_batch(plan, items[start:start + plan.batch_size]))
+    model.train()
+
+
+@torch.no_grad()
 def evaluate(plan: Plan) -> dict[str, float]:
     model = plan.accelerator.unwrap_model(plan.model)
     model.eval()

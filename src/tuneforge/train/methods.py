@@ -26,10 +26,9 @@ def peft_config(cfg: TrainConfig, model_path: str) -> Any | None:
     return None
 
 
-def build_model(cfg: TrainConfig, model_path: str, device: str, bf16: bool, packing: bool = False,
-                int8: bool = False):
-    """Load the base model for `cfg.method` and wrap it for training (`int8`: the frozen
-    base's products in int8, for lora)."""
+def build_model(cfg: TrainConfig, model_path: str, device: str, bf16: bool, packing: bool = False):
+    """Load the base model for `cfg.method` and wrap it for training (for int8_base, see
+    fused_lora.quantize_base)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -69,7 +68,7 @@ def build_model(cfg: TrainConfig, model_path: str, device: str, bf16: bool, pack
     from tuneforge.train.fused_lora import fuse_lora
 
     model = get_peft_model(model, config)
-    fuse_lora(model, int8=int8)
+    fuse_lora(model)
     return model
 
 

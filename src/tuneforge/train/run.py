@@ -33,6 +33,7 @@ MIN_EXAMPLES_SEEN, MAX_EXAMPLES_SEEN, MAX_AUTO_EPOCHS = 2000, 25000, 8
 # with `epochs: auto` the count is an upper bound: the run stops once this many validation
 # losses in a row failed to beat the best (the best checkpoint is what the run keeps anyway)
 AUTO_EPOCHS_PATIENCE = 3
+INT8_SAMPLES = 64  # train examples (the first, so a resumed run rebuilds the same base) int8_base is smoothed on
 
 
 def auto_epochs(n: int) -> int:
@@ -176,7 +177,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         raise TuneforgeError(Problem("no_examples", "no training example has a trained token", str(cfg.data)))
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, model_path, device, settings["bf16"], settings["packing"], settings["int8_base"])
+    model = build_model(cfg, model_path, device, settings["bf16"], settings["packing"])
     if cfg.compile:
         model = torch.compile(model)
     trainable, total = count_params(model)
@@ -212,6 +213,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         eval_steps=eval_steps, save_steps=save_steps, patience=patience,
         virtual_tokens=cfg.virtual.num_virtual_tokens if cfg.method == "prompt" else 0, beta=cfg.dpo.beta,
         checkpoints=ckpts, best_path=out / "checkpoints" / "best.pt", log=tracker.log)
+    if settings["int8_base"]:
+        from tuneforge.train.fused_lora import quantize_base
+
+        quantize_base(accelerator.unwrap_model(model), lambda: loop.forward_only(plan, train_items[:INT8_SAMPLES]))
     if objective == "dpo":
         plan.ref_logps = loop.reference_logps(plan, train_items)
         plan.val_ref_logps = loop.reference_logps(plan, val_items)
