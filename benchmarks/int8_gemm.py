@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import AVX2_KERNELS, isa_label  # noqa: E402
+from machine import isa_label, restart_with_avx2_kernels  # noqa: E402
 
 SHAPES = {"q_proj/o_proj": (576, 576), "k_proj/v_proj": (576, 192), "gate_proj/up_proj": (576, 1536),
           "down_proj": (1536, 576)}
@@ -44,8 +43,8 @@ def main() -> None:
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     args = parser.parse_args()
     avx2 = args.isa == "avx2"
-    if avx2 and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":  # the kernels are chosen at import
-        os.execvpe(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_KERNELS})
+    if avx2:
+        restart_with_avx2_kernels()
     import torch
 
     torch.manual_seed(0)

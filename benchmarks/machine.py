@@ -3,6 +3,8 @@ depends on them (AVX512-BF16/AMX run bf16 matmuls natively; AVX2-only CPUs do no
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 
@@ -25,3 +27,10 @@ AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"
 def isa_label(forced_avx2: bool) -> str:
     """The `isa` a figure names: the CPU's, or `avx2` with the CPU it was forced on."""
     return f"avx2 (kernels forced, on {cpu_isa()})" if forced_avx2 else cpu_isa()
+
+
+def restart_with_avx2_kernels() -> None:
+    """Run this script again with AVX2_KERNELS set, unless they already are: the kernels are
+    chosen when torch loads, so setting them later does nothing."""
+    if any(os.environ.get(k) != v for k, v in AVX2_KERNELS.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_KERNELS})

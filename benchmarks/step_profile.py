@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import AVX2_KERNELS, isa_label  # noqa: E402
+from machine import isa_label, restart_with_avx2_kernels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,8 +36,8 @@ def main() -> None:
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     args = parser.parse_args()
     avx2 = args.isa == "avx2"
-    if avx2 and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":  # the kernels are chosen at import
-        os.execvpe(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_KERNELS})
+    if avx2:
+        restart_with_avx2_kernels()
 
     from types import SimpleNamespace
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from banking import DEFAULT, splits, write_jsonl  # noqa: E402
-from machine import AVX2_KERNELS, isa_label  # noqa: E402
+from machine import isa_label, restart_with_avx2_kernels  # noqa: E402
 
 LORA = dict(r=16, alpha=32, dropout=0.0)
 BATCH = 8
@@ -205,9 +204,8 @@ def main() -> None:
                         "figures are means; test_loss_seeds lists each)")
     args = parser.parse_args()
     avx2 = args.isa == "avx2"
-    if avx2 and any(os.environ.get(k) != v for k, v in AVX2_KERNELS.items()):
-        # the kernels are chosen when torch loads, so start again with the settings in place
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_KERNELS})
+    if avx2:
+        restart_with_avx2_kernels()
     references = [r for r in args.references.split(",") if r]
     unknown = set(references) - set(SIDES)
     if unknown:
