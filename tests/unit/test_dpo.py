@@ -52,7 +52,7 @@ def lora_policy(tiny_model: str, packing: bool, fused: bool, monkeypatch):
     cfg = TrainConfig(model=tiny_model, data=Path("unused"), method="lora", tracking=[])
     with monkeypatch.context() as m:
         if not fused:
-            m.setattr(fused_lora, "fuse_lora", lambda model, int8=False: 0)
+            m.setattr(fused_lora, "fuse_lora", lambda model: 0)
         model = build_model(cfg, tiny_model, "cpu", bf16=False, packing=packing and fused)
     generator = torch.Generator().manual_seed(6)  # margins of both signs, none near zero
     for name, param in model.named_parameters():

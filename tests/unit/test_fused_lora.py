@@ -198,8 +198,8 @@ def test_int8_weight_products_are_the_rounded_products():
 def test_smoothing_keeps_int8_products_close_where_an_input_channel_is_far_larger():
     """Like the activations of a real model: one input channel 60x the others. Rounded per
     token, the other channels would lose most of their bits; smoothed by the input range,
-    the products stay within int8 rounding, forward and backward (same maths: the smoothing
-    cancels out)."""
+    the forward stays within int8 rounding (same maths: the smoothing cancels out), and the
+    input gradient, which reads the unsmoothed weight, stays there too."""
     torch.manual_seed(0)
     w, x, g = torch.randn(40, 24), torch.randn(64, 24), torch.randn(64, 40)
     x[:, 3] *= 60
