@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "runs" / "demo" / "data")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32", "int8"), default="auto")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     args = parser.parse_args()
     avx2 = args.isa == "avx2"
@@ -59,18 +60,19 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     _, rows, _ = datasets.read_prepared(args.data)
     encoder = Encoder(tokenizer, 2048)
-    n = 8 * (args.steps + 1)
+    size = args.batch_size
+    n = size * (args.steps + 1)
     examples = [e for e in (encoder.chat(r["messages"]) for r in rows[:n]) if e is not None]
     cfg = TrainConfig(data=args.data, out=Path("unused"), method="lora", tracking=[])
     plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=bf16)
 
     result = {"isa": isa_label(avx2), "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
-              "steps": args.steps}
+              "steps": args.steps, "batch_size": size}
     for share in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg, model_path, "cpu", bf16, packing=True)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-        batches = [packed_batch(examples[i:i + 8], share_prefix=share) for i in range(0, len(examples), 8)]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=True)
+        batches = [packed_batch(examples[i:i + size], share_prefix=share) for i in range(0, len(examples), size)]
         if int8:  # smoothed on the batches it then trains on, as train does on its first examples
             quantize_base(model, lambda: [loop.token_logps(plan, model, b) for b in batches])
         losses = []
@@ -93,7 +95,7 @@ def main() -> None:
         table = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in table)
         matmul = sum(e.self_cpu_time_total for e in table if e.key in ("aten::mm", "aten::addmm", "aten::addmm_",
-                                                                        "aten::bmm"))
+                                                                        "aten::bmm", "aten::_int_mm"))
         print(f"shared_prefix={share}\n{table.table(sort_by='self_cpu_time_total', row_limit=12)}", file=sys.stderr)
         name = "shared" if share else "unshared"
         result[name] = {

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tuneforge.train.collate import (IGNORE, MIN_SHARED_PREFIX, Encoder, Example, epoch_order, packed_batch,
-                                     padded_batch, shared_prefix_length, targets)
+from tuneforge.train.collate import (IGNORE, MIN_SHARED_PREFIX, Encoder, Example, epoch_order, needed_length,
+                                     packed_batch, padded_batch, shared_prefix_length, targets)
 
 SYSTEM = {"role": "system", "content": "Classify the ticket."}
 
@@ -132,20 +132,31 @@ def examples_of(lengths: list[int], masked_prefix: int = 2) -> list[Example]:
 def test_packed_batch_restarts_positions_and_never_targets_across_examples():
     examples = examples_of([5, 3, 7])
     batch = packed_batch(examples)
-    assert batch.input_ids.tolist() == [[t for ex in examples for t in ex.input_ids]]
-    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 4, 5, 6]]
-    assert batch.cu_seq_lens.tolist() == [0, 5, 8, 15]
-    assert batch.segment.tolist() == [[0] * 5 + [1] * 3 + [2] * 7]
+    # each example's last token predicts nothing, so the row stops before it
+    assert batch.input_ids.tolist() == [[t for ex in examples for t in ex.input_ids[:-1]]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4, 5]]
+    assert batch.cu_seq_lens.tolist() == [0, 4, 6, 12]
+    assert batch.segment.tolist() == [[0] * 4 + [1] * 2 + [2] * 6]
     assert batch.attention_mask is None
     ids, tgt, seg = batch.input_ids[0].tolist(), batch.targets[0].tolist(), batch.segment[0].tolist()
     for a, b in zip(batch.cu_seq_lens[:-1].tolist(), batch.cu_seq_lens[1:].tolist()):
-        assert tgt[b - 1] == IGNORE  # the last token of each example predicts nothing
-    for t, target in enumerate(tgt):
-        if target != IGNORE:
-            assert seg[t + 1] == seg[t] and target == ids[t + 1]  # next token, same example
-    assert tgt == [t for ex in examples for t in targets(ex)]
+        assert tgt[b - 1] == examples[seg[a]].input_ids[-1]  # the row's last position predicts the last token
+    for t, target in enumerate(tgt[:-1]):
+        if target != IGNORE and seg[t + 1] == seg[t]:
+            assert target == ids[t + 1]  # next token, same example
+    assert tgt == [t for ex in examples for t in targets(ex)[:-1]]
+    # tokens are counted over the whole examples: a rate over the data, as with padding
     assert batch.real_tokens == 15
     assert batch.target_tokens == sum(len(ex) - 2 for ex in examples) == int(batch.keep().sum())
+
+
+def test_packed_rows_stop_at_the_last_trained_token():
+    trained_middle = Example([1, 2, 3, 4, 5, 6], [IGNORE, IGNORE, 3, 4, IGNORE, IGNORE])
+    assert needed_length(trained_middle) == 3  # position 3 predicts token 4, the last trained one
+    batch = packed_batch([trained_middle, *examples_of([4])])
+    assert batch.input_ids.tolist() == [[1, 2, 3, 10, 11, 12]]
+    assert batch.targets.tolist() == [[IGNORE, 3, 4, IGNORE, 12, 13]]
+    assert batch.target_tokens == 4 and batch.real_tokens == 10
 
 
 def with_prefix(prefix: list[int], tails: list[list[int]], trained_from: int = 1) -> list[Example]:
@@ -182,11 +193,11 @@ def test_packed_batch_with_a_shared_prefix_holds_it_once():
     examples = with_prefix(prefix, [[1, 2, 3], [4, 5]])
     batch = packed_batch(examples, share_prefix=True)
     assert batch.prefix_len == 10
-    assert batch.input_ids.tolist() == [prefix + [1, 2, 3, 4, 5]]
-    assert batch.position_ids.tolist() == [list(range(10)) + [10, 11, 12, 10, 11]]
-    assert batch.cu_seq_lens.tolist() == [0, 10, 13, 15]
-    assert batch.targets.tolist() == [[IGNORE] * 10 + [2, 3, IGNORE, 5, IGNORE]]
-    assert batch.segment.tolist() == [[0] * 10 + [0, 0, 0, 1, 1]]
+    assert batch.input_ids.tolist() == [prefix + [1, 2, 4]]  # each example's last token predicts nothing
+    assert batch.position_ids.tolist() == [list(range(10)) + [10, 11, 10]]
+    assert batch.cu_seq_lens.tolist() == [0, 10, 12, 13]
+    assert batch.targets.tolist() == [[IGNORE] * 10 + [2, 3, 5]]
+    assert batch.segment.tolist() == [[0] * 10 + [0, 0, 1]]
     # the same trained tokens as without sharing, and tokens counted over the whole examples
     plain = packed_batch(examples)
     assert batch.target_tokens == plain.target_tokens and batch.real_tokens == plain.real_tokens == 25
@@ -287,9 +298,16 @@ def test_packed_row_matches_each_example_alone(tiny_model, chats):
     assert (target_logps(mixed, batch.targets[0]) - expected).abs().max() > 1e-3
 
 
-def test_packed_attention_matches_each_example_alone(tiny_model, chats):
+# the attention runs the segments one call each, or padded side by side in one call
+PATHS = pytest.mark.parametrize("pad_cost", [0.0, 1e9], ids=["one_by_one", "side_by_side"])
+
+
+@PATHS
+def test_packed_attention_matches_each_example_alone(tiny_model, chats, pad_cost, monkeypatch):
+    from tuneforge.train import attention
     from tuneforge.train.attention import NAME, use_packed_attention
 
+    monkeypatch.setattr(attention, "PAD_COST", pad_cost)
     model = load_model(tiny_model)
     expected = alone(model, chats)
     use_packed_attention(model)
@@ -318,10 +336,13 @@ def test_training_loop_log_probs_match_for_packed_and_padded_batches(tiny_model,
     assert padded_segment.tolist() == packed_segment.tolist()
 
 
-def test_shared_prefix_rows_compute_what_each_example_computes_alone(tiny_model, chats):
+@PATHS
+def test_shared_prefix_rows_compute_what_each_example_computes_alone(tiny_model, chats, pad_cost, monkeypatch):
+    from tuneforge.train import attention
     from tuneforge.train.attention import use_packed_attention
     from tuneforge.train.loop import token_logps
 
+    monkeypatch.setattr(attention, "PAD_COST", pad_cost)
     plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=False)
     model = load_model(tiny_model)
     expected = alone(model, chats)
@@ -334,8 +355,11 @@ def test_shared_prefix_rows_compute_what_each_example_computes_alone(tiny_model,
     assert segment.tolist() == token_logps(plan, model, packed_batch(chats))[2].tolist()
 
 
-def test_shared_prefix_rows_give_the_same_gradients(tiny_model, chats):
-    """The prefix is computed once but feeds every example: its gradient is the sum over them."""
+@PATHS
+def test_shared_prefix_rows_give_the_same_gradients(tiny_model, chats, pad_cost, monkeypatch):
+    """The prefix is computed once but feeds every example: its gradient is the sum over
+    them. The reference is each example's own attention call, without sharing."""
+    from tuneforge.train import attention
     from tuneforge.train.attention import use_packed_attention
     from tuneforge.train.loop import token_logps
 
@@ -343,13 +367,23 @@ def test_shared_prefix_rows_give_the_same_gradients(tiny_model, chats):
     model = load_model(tiny_model).train()
     use_packed_attention(model)
     grads = []
-    for share in (False, True):
+    for share, cost in ((False, 0.0), (False, pad_cost), (True, pad_cost)):
+        monkeypatch.setattr(attention, "PAD_COST", cost)
         model.zero_grad()
         logps, _, _ = token_logps(plan, model, packed_batch(chats, share_prefix=share))
         (-logps.mean()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys() and len(grads[0]) > 10
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grads[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     # attention layers below the top get gradient through the prefix too
-    assert grads[1]["model.layers.0.self_attn.k_proj.weight"].abs().sum() > 0
+    assert grads[2]["model.layers.0.self_attn.k_proj.weight"].abs().sum() > 0
+
+
+def test_segments_go_side_by_side_only_where_padding_costs_little():
+    from tuneforge.train.attention import _pads_little
+
+    assert _pads_little([(0, 20), (20, 42), (42, 60)], prefix=30)  # short queries of similar length
+    assert not _pads_little([(0, 20), (20, 40), (40, 900)], prefix=0)  # one long example would pad the rest
+    assert not _pads_little([(0, 20)], prefix=30)  # a single segment: nothing to batch

@@ -126,8 +126,8 @@ def test_dpo_loss_matches_the_paper_formula(tiny_model, pairs, packing, monkeypa
     (losses.sum() / plan.batch_size).backward()
     grads = adapter_grads(model)
     assert grads.keys() == want_grads.keys() and len(grads) == 2 * 2 * 7
-    for name in grads:
-        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-4, atol=1e-6,
+    for name in grads:  # atol as the packing tests': short segments' attention runs batched, in another sum order
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-4, atol=1e-5,
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 

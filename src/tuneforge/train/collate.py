@@ -9,7 +9,8 @@ any template that renders prefixes consistently works.
 Batches are either packed (all examples of a step concatenated into one row,
 position ids restarting at each example, so attention stays inside each
 example and no compute is spent on padding) or padded, with examples of similar
-length grouped so padding stays small.
+length grouped so padding stays small. A packed row ends each example at the position
+that predicts its last trained token: the end-of-turn token itself predicts nothing.
 
 A packed row can also share a prefix: when the step's examples start with the same
 untrained tokens (the system prompt, the template's preamble), the row holds that
@@ -153,6 +154,14 @@ def shared_prefix_length(examples: list[Example]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
+def needed_length(example: Example) -> int:
+    """Positions a packed row must compute for `example`: up to the one that predicts its
+    last trained token. Later positions (that token itself, the newline after the turn)
+    predict nothing, and causal attention never lets them change an earlier one."""
+    last = next((t for t in range(len(example) - 1, 0, -1) if example.labels[t] != IGNORE), len(example))
+    return last
+
+
 def packed_batch(examples: list[Example], share_prefix: bool = False) -> Batch:
     prefix = shared_prefix_length(examples) if share_prefix else 0
     ids, tgt, pos, seg, bounds = [], [], [], [], [0]
@@ -163,13 +172,15 @@ def packed_batch(examples: list[Example], share_prefix: bool = False) -> Batch:
         seg += [0] * prefix
         bounds.append(prefix)
     for j, ex in enumerate(examples):
-        ids += ex.input_ids[prefix:]
-        tgt += targets(ex)[prefix:]
-        pos += range(prefix, len(ex))
-        seg += [j] * (len(ex) - prefix)
+        end = needed_length(ex)
+        ids += ex.input_ids[prefix:end]
+        tgt += targets(ex)[prefix:end]
+        pos += range(prefix, end)
+        seg += [j] * (end - prefix)
         bounds.append(len(ids))
     t = torch.tensor(tgt).unsqueeze(0)
-    # real_tokens counts every example whole, so tokens/s stays a rate over the data
+    # real_tokens counts every example whole (shared prefix and uncomputed tail included), so
+    # tokens/s stays a rate over the data, comparable with padded batches and other tools
     return Batch(torch.tensor(ids).unsqueeze(0), t, None, torch.tensor(pos).unsqueeze(0),
                  torch.tensor(seg).unsqueeze(0), sum(len(ex) for ex in examples), int((t != IGNORE).sum()),
                  torch.tensor(bounds), prefix)

@@ -40,10 +40,12 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` rounded to int8 row by row, and each row's scale."""
-    scale = x.abs().amax(-1, keepdim=True).clamp_(min=1e-12) / 127
-    return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale
+def _int8_rows(x: torch.Tensor, scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` rounded to int8 row by row, and each row's scale. `scratch`: `x` is a temporary
+    that may be divided in place (at a step's sizes a pass costs about as much as its dispatch)."""
+    scale = x.abs().amax(-1, keepdim=True).clamp_(min=1e-12).div_(127)
+    # |x| / scale <= 127 by construction, so no clamp before the cast
+    return (x.div_(scale) if scratch else x / scale).round_().to(torch.int8), scale
 
 
 class Int8Weight:
@@ -67,12 +69,12 @@ class Int8Weight:
         self.scale, self.q = scale[:, 0], q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xq, sx = _int8_rows(x if self.smooth is None else x * self.smooth)
+        xq, sx = _int8_rows(x) if self.smooth is None else _int8_rows(x * self.smooth, scratch=True)
         return torch._int_mm(xq, self.q.t()).float().mul_(sx).mul_(self.scale)
 
     def input_grad(self, grad: torch.Tensor) -> torch.Tensor:
         # the weight's scales run along grad's columns, so they go in before rounding
-        gq, sg = _int8_rows(grad * self.grad_scale)
+        gq, sg = _int8_rows(grad * self.grad_scale, scratch=True)
         return torch._int_mm(gq, self.q_t.t()).float().mul_(sg)
 
 
