@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,19 @@ def test_a_request_joining_mid_decode_gets_the_tokens_it_gets_alone(lively, make
     second_alone = alone(engine, "tiny", second, max_tokens=40)
     assert len(first_alone[1]) == 200  # long enough for the second to join while it runs
 
+    # the engine thread stops after its first step (the prefill of "a") until "b" waits in the
+    # queue, so "b" always joins a running batch (pausing from the test's side raced with "a"
+    # finishing all its tokens on a loaded machine)
+    paused, resume, real_step = threading.Event(), threading.Event(), engine._step
+
+    def step(joining):
+        real_step(joining)
+        if not paused.is_set():
+            paused.set()
+            resume.wait(timeout=30)
+
+    engine._step = step
+
     async def overlapped():
         order = []
 
@@ -184,13 +198,12 @@ def test_a_request_joining_mid_decode_gets_the_tokens_it_gets_alone(lively, make
             return out
 
         a = asyncio.create_task(consume("a", first, 200))
-        await until(lambda: "a" in order)
-        engine._lock.acquire()  # pause the engine between two steps, so "b" joins a running batch
         try:
+            await until(paused.is_set)
             b = asyncio.create_task(consume("b", second, 40))
-            await until(lambda: engine.stats()["queue_depth"] + engine.stats()["running"] == 2)  # taken or waiting
+            await until(lambda: engine.stats()["queue_depth"] == 1)
         finally:
-            engine._lock.release()
+            resume.set()
         events_a, events_b = await a, await b
         return events_a, events_b, order
 
