@@ -181,8 +181,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.compile:
         model = torch.compile(model)
     trainable, total = count_params(model)
-    # fused: one kernel over all parameters; LoRA has hundreds of small ones, and the default
-    # per-tensor loop cost a CPU step 12 ms against 3 ms fused
+    # fused: one kernel over all parameters, where the default loops over them one by one
+    # (LoRA has hundreds of small ones; HF Trainer's default is fused too)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings["learning_rate"],
                                   weight_decay=cfg.weight_decay, fused=device in ("cpu", "cuda"))
     steps_per_epoch, total_steps = loop.steps_for(len(train_items), cfg.batch_size, cfg.grad_accum,
