@@ -4,10 +4,14 @@
 
 For each linear shape of SmolLM2-135M ([tokens, in] x [in, out]): float32 `mm` (the
 reference), `_int_mm` with the int8 weight row-major ([in, out] contiguous) and
-column-major (a transposed view of the [out, in] weight, what `int8_base` uses); the
-best of 5 timings of 20 calls each, in G(FL)OP/s. 220 tokens is a step of 8 short intent
-queries with the shared prefix. Operands are random; rounding costs are not included
-(the training figures in pipeline_bench and train_bench carry those). Prints one JSON line.
+column-major (a transposed view of the [out, in] weight, what `int8_base` uses), and
+fbgemm's dynamic quantized linear (`quantized.linear_dynamic`, weight int8 per output
+feature, the float input quantized per tensor to 7 bits inside the call, so its rate
+includes that rounding); the best of 5 timings of 20 calls each, in G(FL)OP/s. `_int_mm`
+is fast only where the CPU has VNNI; without it PyTorch falls back to a slow kernel, while
+fbgemm has AVX2 kernels of its own. 220 tokens is a step of 8 short intent
+queries with the shared prefix. Operands are random; `_int_mm`'s rounding costs are not
+included (the training figures in pipeline_bench and train_bench carry those). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,11 +60,17 @@ def main() -> None:
         xq = torch.randint(-127, 128, (m, k), dtype=torch.int8)
         wq = torch.randint(-127, 128, (n, k), dtype=torch.int8)
         row_major = wq.t().contiguous()
+        # quantized tensors are deprecated in PyTorch, but fbgemm's linear is only reachable through them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            packed = torch.ops.quantized.linear_prepack(torch.quantize_per_channel(
+                w, w.abs().amax(1) / 127, torch.zeros(n, dtype=torch.long), 0, torch.qint8), None)
         flops = 2 * m * k * n
         result["gops"][name] = {
             "fp32": rate(lambda: x @ w.t(), flops),
             "int8_row_major": rate(lambda: torch._int_mm(xq, row_major), flops),
             "int8_column_major": rate(lambda: torch._int_mm(xq, wq.t()), flops),
+            "fbgemm_dynamic": rate(lambda: torch.ops.quantized.linear_dynamic(x, packed, True), flops),
         }
     print(json.dumps(result))
 

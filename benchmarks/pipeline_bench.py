@@ -125,7 +125,8 @@ def main() -> None:
     parser.add_argument("--before", help="git commit to compare with (left out: this tree only)")
     parser.add_argument("--data", type=Path, default=DEFAULT, help="the banking77 folder (task intents)")
     parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
-                        help="fp32: bf16 off everywhere; int8: this tree trains with int8_base, before in fp32")
+                        help="auto: this tree's defaults on this CPU; fp32: bf16 off everywhere; int8: this tree "
+                             "trains with int8_base, before in fp32")
     parser.add_argument("--compare-fp32", action="store_true", help="with int8: also run this tree in fp32")
     parser.add_argument("--isa", choices=("native", "avx2"), default="native",
                         help="avx2: force AVX2 kernels in every stage")
@@ -133,9 +134,11 @@ def main() -> None:
     avx2 = args.isa == "avx2"
     if args.precision == "auto":
         sys.path.insert(0, str(ROOT / "src"))
-        from tuneforge.train.run import bf16_supported
+        from tuneforge.train.run import bf16_supported, int8_gemm_preferred
 
-        precision = "bf16" if bf16_supported("cpu") and not avx2 else "fp32"
+        # this tree's defaults (int8_gemm_preferred measures the CPU it runs on, not a forced ISA)
+        precision = ("bf16" if bf16_supported("cpu") and not avx2
+                     else "int8" if int8_gemm_preferred("cpu") and not avx2 else "fp32")
     else:
         precision = args.precision
     base_precision = "fp32" if precision == "int8" else precision  # `before` has no int8

@@ -308,7 +308,36 @@ def test_auto_int8_base_stays_off_where_the_cpu_has_bf16_or_no_avx2(monkeypatch,
         monkeypatch.setattr(run, "Path", lambda p, f=tmp_path / "cpuinfo": f)
         assert run.bf16_supported("cpu") is bf16 and run.int8_gemm_preferred("cpu") is False
     (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 fma\n")
+    monkeypatch.setattr(run, "int8_gemm_speedup", lambda: 2.2)  # VNNI: int8 GEMMs about 2x float32
     assert run.bf16_supported("cpu") is False and run.int8_gemm_preferred("cpu") is True
+
+
+def test_auto_int8_base_stays_off_where_int8_gemms_are_slower_than_float32(monkeypatch, tmp_path):
+    """AVX2 without VNNI: PyTorch's int8 GEMM fell back to a kernel 30x slower than float32
+    there, and an int8 base made the demo's training 50x slower."""
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 fma\n")
+    monkeypatch.setattr(run, "Path", lambda p, f=tmp_path / "cpuinfo": f)
+    monkeypatch.setattr(run, "int8_gemm_speedup", lambda: 0.035)
+    assert run.int8_gemm_preferred("cpu") is False
+    assert resolve(cfg_for(), n_train=100, longest=300, device="cpu")["int8_base"] is False
+
+
+def test_int8_gemm_speedup_is_measured_once():
+    first = run.int8_gemm_speedup()
+    assert 0 < first < 1000 and run.int8_gemm_speedup() is first
+
+
+@pytest.mark.parametrize("written, given, kept", [
+    ({"bf16": False, "int8_base": True}, {}, {"bf16": False, "int8_base": True}),
+    ({"bf16": True, "int8_base": False}, {"int8_base": False}, {"bf16": True, "int8_base": False}),
+    ({"bf16": False, "int8_base": True}, {"bf16": False, "int8_base": False}, {"bf16": False, "int8_base": False}),
+    (None, {}, {"bf16": "auto", "int8_base": "auto"}),
+], ids=["auto-keeps-both", "explicit-wins", "explicit-both", "no-config"])
+def test_a_resumed_run_keeps_the_precision_its_start_resolved(tmp_path, written, given, kept):
+    if written is not None:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({"method": "lora", **written}))
+    cfg = run._keep_resolved_precision(cfg_for(**given), tmp_path)
+    assert (cfg.bf16, cfg.int8_base) == (kept["bf16"], kept["int8_base"])
 
 
 @pytest.mark.parametrize("method", sorted(LEARNING_RATES))

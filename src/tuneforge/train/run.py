@@ -11,12 +11,15 @@ template, write summary.json and loss.png.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import logging
 import math
 import os
 import resource
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +30,16 @@ from tuneforge.outdir import DISK_FULL, disk_full
 from tuneforge.train import data as datasets
 from tuneforge.train.config import PROMPT_METHODS, TrainConfig
 
+log = logging.getLogger(__name__)
 LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5, "ia3": 5e-3, "prefix": 1e-2,
                   "prompt": 3e-2}
 MIN_EXAMPLES_SEEN, MAX_EXAMPLES_SEEN, MAX_AUTO_EPOCHS = 2000, 25000, 8
 # with `epochs: auto` the count is an upper bound: the run stops once this many validation
 # losses in a row failed to beat the best (the best checkpoint is what the run keeps anyway)
 AUTO_EPOCHS_PATIENCE = 3
+# int8_base auto needs int8 GEMMs this much faster than float32: the base products are about
+# 60% of a float32 step and the rounding adds about 10%, so 1.5x leaves a step about 10% faster
+INT8_MIN_SPEEDUP = 1.5
 INT8_SAMPLES = 64  # train examples (the first, so a resumed run rebuilds the same base) int8_base is smoothed on
 
 
@@ -74,9 +81,36 @@ def bf16_supported(device: str) -> bool:
 
 
 def int8_gemm_preferred(device: str) -> bool:
-    """An x86 CPU with AVX2 but no bf16: there int8 GEMMs beat float32 (PyTorch's int8
-    kernels need AVX2; ARM and older CPUs keep float32)."""
-    return device == "cpu" and not bf16_supported(device) and " avx2" in _cpu_flags()
+    """An x86 CPU with AVX2 but no bf16 where PyTorch's int8 GEMM is measured faster than
+    float32 (ARM and older x86 keep float32 without measuring)."""
+    return (device == "cpu" and not bf16_supported(device) and " avx2" in _cpu_flags()
+            and int8_gemm_speedup() >= INT8_MIN_SPEEDUP)
+
+
+@functools.lru_cache(maxsize=None)
+def int8_gemm_speedup() -> float:
+    """How many times float32's rate `torch._int_mm` runs at here, at a short-example step's
+    shape, the weight column-major as `Int8Weight` holds it. Measured because the CPU flags
+    do not tell: with VNNI it ran 2.2x float32 (AVX2 kernels forced on an AVX512-BF16 EPYC),
+    on an AVX2-only EPYC without VNNI it fell back to a kernel about 30x slower than float32
+    (3-5 GOP/s against 84-155 GFLOP/s, benchmarks/int8_gemm.py). About 0.1 s there."""
+    import torch
+
+    x = torch.randint(-127, 128, (64, 576), dtype=torch.int8)
+    w = torch.randint(-127, 128, (576, 576), dtype=torch.int8)
+    xf, wf = x.float(), w.float()
+
+    def best(fn, calls: int) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append(time.perf_counter() - start)
+        return min(times) / calls
+
+    return best(lambda: xf @ wf.t(), 8) / best(lambda: torch._int_mm(x, w.t()), 2)
 
 
 def load_records(cfg: TrainConfig) -> tuple[list[dict], list[dict], str, list[dict[str, Any]]]:
@@ -152,6 +186,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                                      "run without --resume", str(out)))
     if latest is not None:
         preflight.check_resume(latest, fingerprint)
+        cfg = _keep_resolved_precision(cfg, out)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device.type
@@ -218,6 +253,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if settings["int8_base"]:
         from tuneforge.train.fused_lora import quantize_base
 
+        if cfg.int8_base is True and int8_gemm_speedup() < 1:
+            log.warning("warning: int8_base: this CPU runs int8 GEMMs at %.2fx float32's rate (no VNNI), so "
+                        "training will be slower than in float32; drop int8_base", int8_gemm_speedup())
+
         quantize_base(accelerator.unwrap_model(model), lambda: loop.forward_only(plan, train_items[:INT8_SAMPLES]))
     if objective == "dpo":
         plan.ref_logps = loop.reference_logps(plan, train_items)
@@ -278,6 +317,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.wait_for_everyone()
     return summary or {}
+
+
+def _keep_resolved_precision(cfg: TrainConfig, out: Path) -> TrainConfig:
+    """A resumed run keeps the bf16 and int8_base its start resolved `auto` to (config.yaml):
+    they depend on the CPU, and int8_base on a timing, which another machine or a busy
+    moment could answer differently."""
+    try:
+        started = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return cfg
+    keep = {k: started[k] for k in ("bf16", "int8_base")
+            if getattr(cfg, k) == "auto" and isinstance(started.get(k), bool)}
+    return cfg.model_copy(update=keep) if keep else cfg
 
 
 def _export(model, tokenizer, model_path: str, out: Path, method: str) -> Path:
