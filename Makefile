@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/tuneforge demo --out runs/demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
