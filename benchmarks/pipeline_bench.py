@@ -23,7 +23,8 @@ and the `before` side in fp32; `--compare-fp32` adds a side `after_fp32`, this t
 fp32, so int8's speed and accuracy are seen against float32 in the same run. `--isa avx2`
 makes every stage's kernels take their AVX2 code paths (machine.AVX2_KERNELS), the
 nearest this CPU comes to an AVX2-only one. Prints one final JSON line; `isa` names the
-CPU's vector extensions (or the forced AVX2).
+CPU's vector extensions (or the forced AVX2). `--only-before` runs the `before` side alone,
+for a run of this tree measured separately on the same machine.
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--compare-fp32", action="store_true", help="with int8: also run this tree in fp32")
     parser.add_argument("--isa", choices=("native", "avx2"), default="native",
                         help="avx2: force AVX2 kernels in every stage")
+    parser.add_argument("--only-before", action="store_true",
+                        help="run the --before side alone (the old code on short examples takes over half an hour)")
     args = parser.parse_args()
     avx2 = args.isa == "avx2"
     if args.precision == "auto":
@@ -155,9 +158,12 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(checkout), args.before],
                        check=True)
         plan.append(("before", checkout / "src", base_precision))
-    if precision == "int8" and args.compare_fp32:
+    if args.only_before and not args.before:
+        raise SystemExit("--only-before needs --before")
+    if precision == "int8" and args.compare_fp32 and not args.only_before:
         plan.append(("after_fp32", ROOT / "src", "fp32"))
-    plan.append(("after", ROOT / "src", precision))
+    if not args.only_before:
+        plan.append(("after", ROOT / "src", precision))
     sides = {}
     try:
         for name, tree, side_precision in plan:
@@ -169,7 +175,7 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "before-tree")])
     result = {"isa": isa_label(avx2), "precision": precision, "task": args.task, "before": args.before,
               "sides": sides}
-    if "before" in sides:
+    if "before" in sides and "after" in sides:
         before, after = sides["before"], sides["after"]
         result["speedup"] = {
             "total": round(before["total_s"] / after["total_s"], 2),
