@@ -22,7 +22,8 @@ trains this tree with `int8_base` (the frozen base's products in int8; eval stay
 and the `before` side in fp32; `--compare-fp32` adds a side `after_fp32`, this tree in
 fp32, so int8's speed and accuracy are seen against float32 in the same run. `--isa avx2`
 makes every stage's kernels take their AVX2 code paths (machine.AVX2_KERNELS), the
-nearest this CPU comes to an AVX2-only one. Prints one final JSON line; `isa` names the
+nearest an AVX512 CPU comes to an AVX2-only one (it leaves VNNI to `torch._int_mm`, so
+int8 figures measured so hold for CPUs with VNNI only). Prints one final JSON line; `isa` names the
 CPU's vector extensions (or the forced AVX2). `--only-before` runs the `before` side alone,
 for a run of this tree measured separately on the same machine.
 """
