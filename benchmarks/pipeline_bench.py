@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--only-before", action="store_true",
                         help="run the --before side alone (the old code on short examples takes over half an hour)")
     args = parser.parse_args()
+    if args.only_before and not args.before:
+        parser.error("--only-before needs --before")
     avx2 = args.isa == "avx2"
     if args.precision == "auto":
         sys.path.insert(0, str(ROOT / "src"))
@@ -159,8 +161,6 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(checkout), args.before],
                        check=True)
         plan.append(("before", checkout / "src", base_precision))
-    if args.only_before and not args.before:
-        raise SystemExit("--only-before needs --before")
     if precision == "int8" and args.compare_fp32 and not args.only_before:
         plan.append(("after_fp32", ROOT / "src", "fp32"))
     if not args.only_before:
