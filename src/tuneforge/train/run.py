@@ -253,10 +253,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if settings["int8_base"]:
         from tuneforge.train.fused_lora import quantize_base
 
-        if cfg.int8_base is True and int8_gemm_speedup() < 1:
-            log.warning("warning: int8_base: this CPU runs int8 GEMMs at %.2fx float32's rate (no VNNI), so "
-                        "training will be slower than in float32; drop int8_base", int8_gemm_speedup())
-
+        if cfg.int8_base is True and int8_gemm_speedup() < 1:  # measured: CPUs without VNNI, for one
+            log.warning("warning: int8_base: this CPU runs int8 GEMMs at %.2fx float32's rate, so training "
+                        "will be slower than in float32; drop int8_base", int8_gemm_speedup())
         quantize_base(accelerator.unwrap_model(model), lambda: loop.forward_only(plan, train_items[:INT8_SAMPLES]))
     if objective == "dpo":
         plan.ref_logps = loop.reference_logps(plan, train_items)
