@@ -83,12 +83,17 @@ def test_label_scores_in_several_option_groups_equal_one_group(tiny_model, monke
                                whole, atol=1e-4, rtol=0)
 
 
+def system_prompts(tokenizer) -> list[list[int]]:
+    """Four ticket prompts that share a system prompt longer than SharedPrefix.MIN_TOKENS."""
+    system = "You sort support tickets into billing, technical, account or other. Answer with the label only."
+    return [tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": t}],
+                                          add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+            for t in ["charged twice", "the app crashes on login every time", "thanks", "refund please now"]]
+
+
 def test_a_shared_prefix_computed_once_gives_what_full_prompts_give(tiny_model):
     model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
-    system = "You sort support tickets into billing, technical, account or other. Answer with the label only."
-    prompts = [tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": t}],
-                                             add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-               for t in ["charged twice", "the app crashes on login every time", "thanks", "refund please now"]]
+    prompts = system_prompts(tokenizer)
     prefix = engine.SharedPrefix.of(model, prompts)
     assert prefix is not None and len(prefix.ids) >= engine.SharedPrefix.MIN_TOKENS
     assert all(p[:len(prefix.ids)] == prefix.ids and len(p) > len(prefix.ids) for p in prompts)
@@ -109,6 +114,20 @@ def test_a_shared_prefix_computed_once_gives_what_full_prompts_give(tiny_model):
     # nothing shared, or a single prompt: no prefix
     assert engine.SharedPrefix.of(model, prompts_of(tokenizer, ["hi", "ok"])) is None
     assert engine.SharedPrefix.of(model, prompts[:1]) is None
+
+
+def test_labels_scored_from_the_generation_pass_equal_scoring_them_apart(tiny_model):
+    model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
+    prompts = system_prompts(tokenizer)
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    options = [tokenizer(label, add_special_tokens=False)["input_ids"] + [stop] for label in LABELS]
+    pad = tokenizer.pad_token_id
+    for prefix in (None, engine.SharedPrefix.of(model, prompts)):
+        alone = engine.generate(model, tokenizer, prompts, 6, batch_size=3, prefix=prefix)
+        both = engine.generate(model, tokenizer, prompts, 6, batch_size=3, prefix=prefix, options=options)
+        assert alone.scores is None and both.texts == alone.texts and both.new_tokens == alone.new_tokens
+        torch.testing.assert_close(both.scores, engine.score_options(model, prompts, options, pad, batch_size=3,
+                                                                     prefix=prefix), atol=1e-5, rtol=0)
 
 
 def test_shots_are_stratified_and_placed_after_the_system_prompt():
@@ -167,6 +186,29 @@ def test_classification_end_to_end_with_an_adapter(tiny_model, tickets, tmp_path
     assert (tmp_path / "eval" / "report.html").exists() and (tmp_path / "eval" / "report.md").exists()
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert saved["n"] == result["n"] == len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_a_prompt_or_prefix_tuned_classifier_is_evaluated_with_its_label_scores(tiny_model, tickets, tmp_path,
+                                                                                method):
+    """Their virtual tokens do not go with a prompt cache made outside the model, so the labels
+    are scored by whole passes; this crashed before."""
+    train(TrainConfig(model=tiny_model, data=tickets, out=tmp_path / "run", method=method, max_steps=2, epochs=1,
+                      tracking=[]), progress=False)
+    cfg = EvalConfig(data=tickets, model=tiny_model, adapters={"tuned": tmp_path / "run"}, out=tmp_path / "eval",
+                     baselines=[], latency_samples=0, limit=8)
+    tuned = evaluate(cfg, progress=False)["variants"]["tuned"]
+    assert 0 <= tuned["accuracy_constrained"] <= 1 and tuned["perplexity"] > 1
+    from tuneforge.models.tuned import load_tuned
+
+    model, tokenizer = load_tuned(tmp_path / "run")
+    prompts = prompts_of(tokenizer, ["charged twice", "cannot log in", "thanks"])
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    options = [tokenizer(label, add_special_tokens=False)["input_ids"] + [stop] for label in LABELS]
+    table = engine.generate(model, tokenizer, prompts, 4, batch_size=2, options=options).scores
+    for i, prompt in enumerate(prompts):  # one prompt at a time: no padding at all
+        alone = [engine.answer_logprobs(model, [prompt], [option], tokenizer.pad_token_id)[0][0] for option in options]
+        torch.testing.assert_close(table[i], torch.tensor(alone), atol=2e-3, rtol=0)
 
 
 def test_classification_perplexity_read_from_the_label_scores_equals_scoring_the_references(tiny_model, tickets,

@@ -65,6 +65,19 @@ def test_json_array_not_closed(tmp_path):
     assert codes(got) == [(3, "invalid_json")]
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 1 << 20])
+def test_json_array_commas_are_checked_and_every_intact_element_kept(tmp_path, chunk):
+    path = tmp_path / "commas.json"
+    path.write_text('[\n{"a": 1}\n{"a": 2},,\n{"a": 3},\n]\n', encoding="utf-8")
+    got = rows(path, chunk=chunk)
+    assert [v for _, v in got if not isinstance(v, Problem)] == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert codes(got) == [(3, "invalid_json"), (3, "invalid_json"), (5, "invalid_json")]
+    messages = [v.message for _, v in got if isinstance(v, Problem)]
+    assert "no ','" in messages[0] and "no element before it" in messages[1] and "before the closing" in messages[2]
+    (tmp_path / "lead.json").write_text('[, {"a": 1}]', encoding="utf-8")
+    assert codes(rows(tmp_path / "lead.json", chunk=chunk)) == [(1, "invalid_json")]
+
+
 def test_json_array_bad_utf8_spoils_only_its_element(tmp_path):
     path = tmp_path / "bytes.json"
     path.write_bytes(b'[{"a": "ok"},\n{"a": "caf\xe9"},\n{"a": "fine"}]')

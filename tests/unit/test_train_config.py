@@ -291,6 +291,20 @@ def test_resolve_fills_every_auto_from_the_data(monkeypatch):
     assert (large["epochs"], large["max_seq_len"], large["bf16"], large["int8_base"]) == (1, 2048, True, False)
 
 
+def test_auto_eval_steps_keep_validation_near_a_tenth_of_a_short_run():
+    from tuneforge.train.loop import auto_eval_steps
+
+    train, val = [[0] * 80] * 639, [[0] * 80] * 79  # the demo's sizes: 639 train and 79 validation examples
+    # a pass over 79 examples is about 79 / (3 * 8) = 3.3 steps of batch 8: every 33 steps, not every 16
+    assert auto_eval_steps(160, train, val, 8) == 33
+    assert auto_eval_steps(3000, train, val, 8) == 300  # a long run keeps about ten
+    assert auto_eval_steps(6, train, val, 8) == 2  # a tiny one still validates three times
+    assert auto_eval_steps(160, train, [], 8) == 16
+    assert auto_eval_steps(160, train, [[0] * 40] * 79, 8) == 17  # shorter examples cost less
+    pairs = [([0] * 50, [0] * 30)] * 100  # dpo: a pair's two sequences
+    assert auto_eval_steps(100, pairs, pairs[:60], 8) == 25
+
+
 @pytest.mark.parametrize("update, int8", [
     ({}, True), ({"method": "dora"}, False), ({"method": "full"}, False), ({"objective": "dpo"}, False),
     ({"lora": {"dropout": 0.1}}, False), ({"bf16": True}, False), ({"int8_base": False}, False),

@@ -21,7 +21,7 @@ CHUNK = 1 << 20
 # raw_decode fails on an element cut short by the end of the buffer; an error this close to
 # the end (a cut `true`, a cut \u escape) may be such a cut, so more text is read and it is retried
 _NEAR_END = 16
-_SEPARATORS = " \t\r\n,"
+_SPACE = " \t\r\n"
 
 
 class _Buffer:
@@ -84,13 +84,20 @@ def read_json_array(path: Path, fallback: Callable[[Path], Iterator[tuple[int, A
             return
         decoder = json.JSONDecoder()
         pos += 1
+        after_comma = False
         while True:
-            pos = buf.skip(pos, _SEPARATORS)
+            pos = buf.skip(pos, _SPACE)
             if pos >= len(buf.text):
                 yield buf.line_at(pos), Problem("invalid_json", "the JSON array is not closed with ']'")
                 return
             if buf.text[pos] == "]":
+                if after_comma:
+                    yield buf.line_at(pos), Problem("invalid_json", "a ',' right before the closing ']'; remove it")
                 return
+            if buf.text[pos] == ",":
+                yield buf.line_at(pos), Problem("invalid_json", "a ',' with no element before it; remove it")
+                pos += 1
+                continue
             if pos > chunk:  # keep the buffer about one chunk long
                 pos = buf.drop(pos)
             start = buf.line_at(pos)
@@ -116,4 +123,11 @@ def read_json_array(path: Path, fallback: Callable[[Path], Iterator[tuple[int, A
                 yield start, bad_text(encoding, "the element")
             else:
                 yield start, value
-            pos = end
+            pos = buf.skip(end, _SPACE)
+            after_comma = pos < len(buf.text) and buf.text[pos] == ","
+            if after_comma:
+                pos += 1
+            elif pos < len(buf.text) and buf.text[pos] != "]":
+                # both elements are intact, so the rest of the array is still read
+                yield buf.line_at(pos), Problem("invalid_json", "no ',' between this element and the one before; "
+                                                "add it")

@@ -35,8 +35,9 @@ TOKEN_BUDGET = 8192  # prompt tokens per batch
 @dataclass
 class Generated:
     texts: list[str]
-    seconds: float
+    seconds: float  # generation only: label scoring's own passes are not counted
     new_tokens: int
+    scores: torch.Tensor | None = None  # [prompts, options] when options were given
 
 
 def _batches(lengths: list[int], max_batch: int) -> list[list[int]]:
@@ -68,8 +69,7 @@ class SharedPrefix:
         """The prompts' common prefix, leaving every prompt at least one token of its own;
         None when it is short, or when the model adds virtual tokens of its own (prefix and
         prompt tuning), which a cache computed here would not hold."""
-        config = getattr(model, "active_peft_config", None)
-        if len(prompts) < 2 or getattr(config, "is_prompt_learning", False):
+        if len(prompts) < 2 or _prompt_learning(model):
             return None
         length = shared_start(prompts)
         if length < cls.MIN_TOKENS:
@@ -94,6 +94,11 @@ class SharedPrefix:
                                             for layer in self.cache.layers])
 
 
+def _prompt_learning(model) -> bool:
+    """Prefix and prompt tuning add virtual tokens of their own, which a cache made here lacks."""
+    return getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+
+
 def _inputs(rows: list[list[int]], pad_id: int, device, prefix: SharedPrefix | None) -> dict[str, Any]:
     """Forward arguments for a batch: left-padded rows with their positions, or the rows'
     own tokens after a shared prefix with a copy of its cache."""
@@ -111,20 +116,38 @@ def stop_ids(model, tokenizer) -> list[int]:
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
-             bf16: bool = False, progress=None, prefix: SharedPrefix | None = None) -> Generated:
-    """Greedy completions for token-id prompts, in the prompts' order."""
+             bf16: bool = False, progress=None, prefix: SharedPrefix | None = None,
+             options: list[list[int]] | None = None) -> Generated:
+    """Greedy completions for token-id prompts, in the prompts' order. With `options`, also
+    each option's log-probability after each prompt (as `score_options`), from the same
+    prompt pass that generation then continues."""
+    if options is not None and _prompt_learning(model):
+        scores = score_options(model, prompts, options, tokenizer.pad_token_id, batch_size, bf16, prefix=prefix)
+        return _with_scores(generate(model, tokenizer, prompts, max_new_tokens, batch_size, bf16, progress, prefix),
+                            scores)
     texts: list[str | None] = [None] * len(prompts)
     stops = stop_ids(model, tokenizer)
-    new_tokens, started = 0, time.perf_counter()
+    new_tokens, started, scoring = 0, time.perf_counter(), 0.0
     device = model_device(model)
+    labels = _Options(options, device) if options is not None else None
+    scores = torch.zeros(len(prompts), len(options)) if options is not None else None
     for batch in _batches([len(p) for p in prompts], batch_size):
         inputs = _inputs([prompts[i] for i in batch], tokenizer.pad_token_id, device, prefix)
-        ids = inputs["input_ids"]
+        ids, cache = inputs["input_ids"], inputs.get("cache")
+        if labels is not None:
+            with autocast(bf16, device):
+                first = model(**inputs, use_cache=True, logits_to_keep=1)
+            mark = time.perf_counter()
+            scores[batch] = labels.score(model, first, inputs["attention_mask"], bf16).cpu()
+            scoring += time.perf_counter() - mark
+            # generate runs what the cache lacks: the last prompt token again, then the answer
+            cache = first.cache
+            cache.crop(-1)
         if prefix is not None:  # generate counts the cached tokens as part of the input
             head = torch.tensor([prefix.ids], device=device).expand(len(batch), -1)
             ids = torch.cat([head, ids], dim=1)
         with autocast(bf16, device):
-            out = model.generate(input_ids=ids, attention_mask=inputs["attention_mask"], cache=inputs.get("cache"),
+            out = model.generate(input_ids=ids, attention_mask=inputs["attention_mask"], cache=cache,
                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
                                  pad_token_id=tokenizer.pad_token_id)
         for row, i in zip(out[:, ids.shape[1]:], batch):
@@ -137,7 +160,12 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
             texts[i] = tokenizer.decode(keep, skip_special_tokens=True).strip()
         if progress:
             progress(len(batch))
-    return Generated([t or "" for t in texts], time.perf_counter() - started, new_tokens)
+    return Generated([t or "" for t in texts], time.perf_counter() - started - scoring, new_tokens, scores)
+
+
+def _with_scores(gen: Generated, scores: torch.Tensor) -> Generated:
+    gen.scores = scores
+    return gen
 
 
 @torch.inference_mode()
@@ -198,27 +226,22 @@ def _option_tree(options: list[list[int]], group: list[int], device):
     return torch.tensor(ids, device=device), off, own, torch.tensor(target, device=device), mask
 
 
-@torch.inference_mode()
-def score_options(model, prompts: list[list[int]], options: list[list[int]], pad_id: int, batch_size: int = 16,
-                  bf16: bool = False, progress=None, prefix: SharedPrefix | None = None) -> torch.Tensor:
-    """[prompts, options] total log-probability of each option (its tokens and end marker)
-    after each prompt. The prompt pass is run once; then the options' tokens go through
-    in one pass (per group of options) after the prompt's cache, each attending to the
-    prompt and to its own option only."""
-    scores = torch.zeros(len(prompts), len(options))
-    device = model_device(model)
-    first_tokens = torch.tensor([option[0] for option in options], device=device)
-    trees = [_option_tree(options, group, device) for group in _option_groups(options)]
-    for batch in _batches([len(p) for p in prompts], batch_size):
-        inputs = _inputs([prompts[i] for i in batch], pad_id, device, prefix)
-        mask = inputs["attention_mask"]
-        with autocast(bf16, device):
-            first = model(**inputs, use_cache=True, logits_to_keep=1)
-        total = F.log_softmax(first.logits[:, -1].float(), -1)[:, first_tokens]  # [rows, options]
+class _Options:
+    """Label options laid out for scoring after a prompt pass (see `score_options`)."""
+
+    def __init__(self, options: list[list[int]], device):
+        self.first_tokens = torch.tensor([option[0] for option in options], device=device)
+        self.trees = [_option_tree(options, group, device) for group in _option_groups(options)]
+
+    def score(self, model, first, mask: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """[rows, options] from the prompt pass `first` (its last logits and its cache, which is
+        left as it was) and the prompts' attention mask."""
+        device = mask.device
+        total = F.log_softmax(first.logits[:, -1].float(), -1)[:, self.first_tokens]
         next_pos = mask.sum(-1, keepdim=True)
-        seen = mask.shape[1]
-        for ids, off, own, target, tree in trees:
-            rows, width = len(batch), ids.shape[0]
+        rows, seen = mask.shape
+        for ids, off, own, target, tree in self.trees:
+            width = ids.shape[0]
             sees = torch.cat([mask.bool()[:, None, :].expand(rows, width, seen),
                               tree.expand(rows, width, width)], dim=-1)[:, None]
             with autocast(bf16, device):
@@ -227,7 +250,29 @@ def score_options(model, prompts: list[list[int]], options: list[list[int]], pad
             first.cache.crop(-width)  # the next group continues the prompt, not this group
             logps = F.log_softmax(logits.float(), -1).gather(-1, target.expand(rows, -1)[..., None])[..., 0]
             total.index_add_(1, own, logps)
-        scores[batch] = total.cpu()
+        return total
+
+
+@torch.inference_mode()
+def score_options(model, prompts: list[list[int]], options: list[list[int]], pad_id: int, batch_size: int = 16,
+                  bf16: bool = False, progress=None, prefix: SharedPrefix | None = None) -> torch.Tensor:
+    """[prompts, options] total log-probability of each option (its tokens and end marker)
+    after each prompt. The prompt pass is run once; then the options' tokens go through
+    in one pass (per group of options) after the prompt's cache, each attending to the
+    prompt and to its own option only."""
+    scores = torch.zeros(len(prompts), len(options))
+    if _prompt_learning(model):  # its virtual tokens do not go with a cache made outside it
+        for j, option in enumerate(options):
+            found = answer_logprobs(model, prompts, [option] * len(prompts), pad_id, batch_size, bf16)
+            scores[:, j] = torch.tensor([logp for logp, _ in found])
+        return scores
+    device = model_device(model)
+    labels = _Options(options, device)
+    for batch in _batches([len(p) for p in prompts], batch_size):
+        inputs = _inputs([prompts[i] for i in batch], pad_id, device, prefix)
+        with autocast(bf16, device):
+            first = model(**inputs, use_cache=True, logits_to_keep=1)
+        scores[batch] = labels.score(model, first, inputs["attention_mask"], bf16).cpu()
         if progress:
             progress(len(batch))
     return scores

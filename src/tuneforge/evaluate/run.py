@@ -142,14 +142,15 @@ def run_variant(variant: Variant, ex: Examples, cfg: EvalConfig, shots, bf16: bo
     answers = [_answer_ids(tokenizer, r, stop) for r in ex.references]
     budget = cfg.max_new_tokens if cfg.max_new_tokens != "auto" else min(512, max(map(len, answers)) + 8)
     prefix = engine.SharedPrefix.of(model, prompts, bf16)  # the system prompt (and shots), computed once
-    gen = engine.generate(model, tokenizer, prompts, budget, cfg.batch_size, bf16, progress, prefix)
+    constrained = ex.task == "classification" and cfg.constrained
+    options = [_answer_ids(tokenizer, label, stop) for label in ex.labels] if constrained else None
+    # the labels are scored from generation's own prompt pass
+    gen = engine.generate(model, tokenizer, prompts, budget, cfg.batch_size, bf16, progress, prefix, options)
     scored = score(ex, gen.texts, cfg)
     result: dict[str, Any] = dict(scored["metrics"])
     logps = None
-    if ex.task == "classification" and cfg.constrained:
-        options = [_answer_ids(tokenizer, label, stop) for label in ex.labels]
-        table = engine.score_options(model, prompts, options, tokenizer.pad_token_id, cfg.batch_size, bf16,
-                                     prefix=prefix)
+    if constrained:
+        table = gen.scores
         picks = [ex.labels[int(i)] for i in table.argmax(-1)]
         result["accuracy_constrained"] = sum(p == r for p, r in zip(picks, ex.references)) / len(picks)
         result["macro_f1_constrained"] = metrics.classification(picks, ex.references, ex.labels)["macro_f1"]

@@ -73,7 +73,9 @@ class TrainConfig(Strict):
         "CPU has AVX2 but no bf16")
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
-    eval_steps: Union[Positive, Auto] = Field("auto", description="validation loss every N steps (auto: ~10 per run)")
+    eval_steps: Union[Positive, Auto] = Field("auto", description="validation loss every N steps (auto: ~10 "
+                                              "per run, fewer where one costs over a tenth of the steps "
+                                              "between them; at least 3)")
     save_steps: Union[Positive, Auto] = Field("auto", description="checkpoint every N steps (auto: = eval_steps)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the best is kept too)")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evals without improvement (epochs auto: 3)")

@@ -303,6 +303,20 @@ def _eval_and_track_best(plan: Plan) -> dict[str, float]:
     return metrics
 
 
+def auto_eval_steps(total_steps: int, train: list, val: list, examples_per_step: int) -> int:
+    """About ten validations per run, fewer where one would cost more than a tenth of the
+    training between two of them, and at least three.
+
+    A validation pass is a forward only, about a third of a training step's work per token.
+    A short run with a large validation set (the demo: 160 steps of 8, 79 validation
+    examples) otherwise spends a fifth of its time validating."""
+    train_tokens = sum(_length(x) for x in train)
+    val_tokens = sum(_length(x) for x in val)
+    step_tokens = examples_per_step * train_tokens / max(len(train), 1)
+    cost = val_tokens / max(3 * step_tokens, 1)  # in training steps
+    return max(1, min(max(total_steps // 10, math.ceil(10 * cost)), total_steps // 3))
+
+
 def steps_for(n_items: int, batch_size: int, grad_accum: int, world: int, epochs: int) -> tuple[int, int]:
     per_epoch = max(1, math.ceil(math.ceil(n_items / batch_size) / (grad_accum * world)))
     return per_epoch, per_epoch * epochs

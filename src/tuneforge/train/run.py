@@ -228,7 +228,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                               optimizer, num_warmup_steps=int(round(settings["warmup"] * total_steps)),
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    eval_steps = cfg.eval_steps if cfg.eval_steps != "auto" else max(1, total_steps // 10)
+    eval_steps = cfg.eval_steps if cfg.eval_steps != "auto" else loop.auto_eval_steps(
+        total_steps, train_items, val_items, cfg.batch_size * cfg.grad_accum)
     save_steps = cfg.save_steps if cfg.save_steps != "auto" else eval_steps
     patience = cfg.early_stopping_patience
     if patience is None and cfg.epochs == "auto" and val_items:
