@@ -22,7 +22,7 @@ from pathlib import Path
 
 LABELS = ["billing", "technical", "account", "other"]
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
-BATCH, STEPS = 8, 20
+BATCH, STEPS = 8, 6
 BASELINE = """
 import torch, transformers, peft, accelerate
 import tuneforge.cli, tuneforge.train.run, tuneforge.train.loop

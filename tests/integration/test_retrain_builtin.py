@@ -82,8 +82,8 @@ def test_a_candidate_trained_on_shuffled_labels_is_refused(loop):
         row["messages"][-1]["content"] = label
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, out, err = _run("retrain", "--route", "support", "--out", str(loop / "v3"), "--db",
-                          str(loop / "log.db"), "--min-new", "20", "--name", "v3",
-                          "--set", "max_steps=14", "--set", "learning_rate=0.001", "--set", "batch_size=4")
+                          str(loop / "log.db"), "--min-new", "20", "--name", "v3",  # fewer steps: refused either way
+                          "--set", "max_steps=6", "--set", "learning_rate=0.001", "--set", "batch_size=4")
     lines = err.strip().splitlines()
     assert code == 1, out + err
     assert lines[-1].startswith(f"{loop / 'v3'}: candidate_not_better: candidate not better by the margin: accuracy")

@@ -114,18 +114,18 @@ def _variants(client, users) -> dict[str, str]:
     return chosen
 
 
-def test_rollout_splits_1000_users_by_percentage_stably_and_changes_without_restart(admin_server):
+def test_rollout_splits_400_users_by_percentage_stably_and_changes_without_restart(admin_server):
     live, _ = admin_server
     client = live.client("admin-secret")
-    users = [f"user-{i}" for i in range(1000)]
+    users = [f"user-{i}" for i in range(400)]
     before = _variants(client, users)
     counts = Counter(before.values())
-    assert set(counts) == {BASE, "v2"} and 70 <= counts["v2"] <= 130  # 10% +- 3 sd of a binomial
+    assert set(counts) == {BASE, "v2"} and 22 <= counts["v2"] <= 58  # 10% +- 3 sd of a binomial
     assert _variants(client, users[:50]) == {u: before[u] for u in users[:50]}  # a user keeps a variant
     status, route = call(live.url, "PUT", "/v1/routes/support", {"variants": {BASE: 50, "v2": 50}}, ADMIN)
     assert status == 200 and route["variants"] == {BASE: 50, "v2": 50}
     after = _variants(client, users)
-    assert 440 <= Counter(after.values())["v2"] <= 560
+    assert 170 <= Counter(after.values())["v2"] <= 230
     # the growing, last-listed variant only gains users: nobody on v2 is moved back
     assert all(after[u] == "v2" for u in users if before[u] == "v2")
     live.service.log.flush()
