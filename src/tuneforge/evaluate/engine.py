@@ -1,5 +1,6 @@
 """Batched inference for evaluation: greedy generation, answer log-likelihoods, and
-label scoring that reuses one prompt pass for every label.
+label scoring that reuses one prompt pass for every label (and, given the labels,
+generation continues from that same pass).
 
 Prompts are left-padded so every row's answer starts at the same column; batches
 are formed from prompts of similar length and capped by a token budget, so memory
@@ -19,7 +20,7 @@ it), in generation, answer scoring and label scoring alike.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -123,8 +124,8 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
     prompt pass that generation then continues."""
     if options is not None and _prompt_learning(model):
         scores = score_options(model, prompts, options, tokenizer.pad_token_id, batch_size, bf16, prefix=prefix)
-        return _with_scores(generate(model, tokenizer, prompts, max_new_tokens, batch_size, bf16, progress, prefix),
-                            scores)
+        return replace(generate(model, tokenizer, prompts, max_new_tokens, batch_size, bf16, progress, prefix),
+                       scores=scores)
     texts: list[str | None] = [None] * len(prompts)
     stops = stop_ids(model, tokenizer)
     new_tokens, started, scoring = 0, time.perf_counter(), 0.0
@@ -161,11 +162,6 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         if progress:
             progress(len(batch))
     return Generated([t or "" for t in texts], time.perf_counter() - started - scoring, new_tokens, scores)
-
-
-def _with_scores(gen: Generated, scores: torch.Tensor) -> Generated:
-    gen.scores = scores
-    return gen
 
 
 @torch.inference_mode()
