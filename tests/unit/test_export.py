@@ -1,12 +1,16 @@
 """`tuneforge export`'s pieces that need no model file: tensor names, llama.cpp's rotary layout,
-the Ollama Modelfile, and the refusals before any model loads."""
+the Ollama Modelfile, the refusals before any model loads, and that a failed write leaves
+no partial file."""
 
 from __future__ import annotations
+
+import errno
 
 import numpy as np
 import pytest
 
-from tuneforge.export.gguf import _gguf_name, _permute, modelfile
+from tuneforge.export import gguf
+from tuneforge.export.gguf import _gguf_name, _permute, modelfile, publish
 
 CHATML_DEFAULT = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
                   "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
@@ -56,3 +60,28 @@ def test_refusals_before_loading(tmp_path, run_cli, tiny_model, monkeypatch):
     monkeypatch.setattr("tuneforge.export.gguf.have_llama_cpp", lambda: False)  # q4_k_m is llama.cpp's
     code, _, err = run_cli("export", str(tmp_path), "--out", str(tmp_path / "m.gguf"), "--quant", "q4_k_m")
     assert code == 2 and "--quant: needs_llama_cpp:" in err
+
+
+@pytest.mark.parametrize("fails_in", ["write", "quantize"])
+def test_a_failed_export_leaves_no_partial_file_and_keeps_the_earlier_one(tmp_path, monkeypatch, fails_in):
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"earlier export")
+
+    def write(path):
+        path.write_bytes(b"half a file")
+        if fails_in == "write":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return {"bytes": 11}
+
+    def quantize(src, dst):
+        dst.write_bytes(b"half quantized")
+        raise gguf._problem("export_failed", "llama.cpp could not quantize the file to q4_k_m", str(dst))
+
+    monkeypatch.setattr(gguf, "quantize_k", quantize)
+    with pytest.raises((OSError, gguf.TuneforgeError)):
+        publish(out, "q4_k_m", write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"] and out.read_bytes() == b"earlier export"
+
+    monkeypatch.setattr(gguf, "quantize_k", lambda src, dst: dst.write_bytes(src.read_bytes()[:4]))
+    assert publish(out, "q4_k_m", lambda path: {"bytes": path.write_bytes(b"whole file")}) == {"bytes": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"] and out.read_bytes() == b"whol"

@@ -30,7 +30,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tuneforge.errors import Problem, TuneforgeError
 
@@ -303,6 +303,24 @@ def quantize_k(src: Path, dst: Path) -> None:
         raise _problem("export_failed", "llama.cpp could not quantize the file to q4_k_m", str(dst))
 
 
+def publish(out: Path, quant: str, write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """`write(path)` into a hidden file beside `out`, quantized to q4_k_m if asked, then renamed
+    to `out`: a failure anywhere (a full disk, llama.cpp refusing) leaves neither a partial
+    `out` nor a hidden file behind, and an earlier `out` stays as it was."""
+    tmp, quantized = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.q4.tmp")
+    try:
+        written = write(tmp)
+        if quant == "q4_k_m":
+            quantize_k(tmp, quantized)
+            os.replace(quantized, tmp)
+            written["bytes"] = tmp.stat().st_size
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        quantized.unlink(missing_ok=True)
+    return written
+
+
 def export(run: Path, out: Path, quant: str = "f16", samples: int = 16, max_new_tokens: int = 16) -> dict[str, Any]:
     from tuneforge.models.template import render, stop_ids, turn_end_id
     from tuneforge.models.tuned import artifact_dir, base_of, load_tuned
@@ -331,17 +349,8 @@ def export(run: Path, out: Path, quant: str = "f16", samples: int = 16, max_new_
     firsts, answers = reference_answers(model, tokenizer, prompts, max_new_tokens, stops)
     merged = model.merge_and_unload() if adapter else model
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    written = write_gguf(merged, tokenizer, source, tmp, "f16" if quant == "q4_k_m" else quant, stop)
-    if quant == "q4_k_m":
-        quantized = out.with_name(f".{out.name}.q4.tmp")
-        try:
-            quantize_k(tmp, quantized)
-        finally:
-            tmp.unlink(missing_ok=True)
-        os.replace(quantized, tmp)
-        written["bytes"] = tmp.stat().st_size
-    os.replace(tmp, out)
+    written = publish(out, quant, lambda tmp: write_gguf(merged, tokenizer, source, tmp,
+                                                         "f16" if quant == "q4_k_m" else quant, stop))
     stop_text = tokenizer.convert_ids_to_tokens(stop)
     model_file = out.with_suffix(".Modelfile")
     model_file.write_text(modelfile(out.name, tokenizer.chat_template or "", stop_text))
