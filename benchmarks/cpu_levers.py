@@ -13,16 +13,17 @@ same weights and optimizer state and trains the same `--steps` batches:
   products) through fbgemm's int8 linear, which has AVX2 kernels of its own (PyTorch's
   `_int_mm`, which `int8_base` uses, needs VNNI). fbgemm rounds its input with one scale per
   tensor to 7 bits, so each gradient row is divided by its own largest value first (per-row
-  rounding); the forward stays float32, so the loss is exact and only the adapters'
-  gradients move.
+  rounding); the forward stays float32, so only the adapters' gradients move (and, through
+  the updates, the later losses).
 - `compile`: the model through `torch.compile` (inductor, dynamic shapes); its first step
   includes the compile and is reported apart.
 
 The first step of each side is not timed. The sides run `--rounds` times, alternately (the
 machine's speed drifts; each side's tokens/s is its median round); the compiled model is
-compiled once, in its first round's first step (`first_step_s`).
-Prints one JSON line: tokens/s of each side and its ratio to fp32, each side's losses, the relative error of the adapters' gradient vector
-against fp32's on the first batch, and the compile's seconds.
+compiled once, in its first round's first step. Prints one JSON line: each side's tokens/s
+(every round's, and the median's ratio to fp32), and from its first round the losses, the
+first step's seconds (the compile's, for `compile`) and the relative error of the adapters'
+gradient vector against fp32's on the first batch.
 """
 
 from __future__ import annotations
