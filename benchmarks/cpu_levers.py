@@ -33,24 +33,15 @@ import copy
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lora_steps import fbgemm_pack, lora_steps  # noqa: E402
 from machine import isa_label, restart_with_avx2_kernels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def fbgemm_pack(weight: torch.Tensor):
-    """`weight` [out, in] in int8, one scale per output feature, packed for fbgemm's linear."""
-    scale = weight.abs().amax(1).clamp(min=1e-12) / 127
-    with warnings.catch_warnings():  # quantized tensors are deprecated, but fbgemm is only reachable through them
-        warnings.simplefilter("ignore")
-        q = torch.quantize_per_channel(weight, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
-        return torch.ops.quantized.linear_prepack(q, None)
 
 
 class FbgemmInputGrad:
@@ -81,27 +72,13 @@ def main() -> None:
     if avx2:
         restart_with_avx2_kernels()
 
-    from types import SimpleNamespace
-
-    from transformers import AutoTokenizer
-
-    from tuneforge.models import resolve_model
-    from tuneforge.train import data as datasets
     from tuneforge.train import loop
-    from tuneforge.train.collate import Encoder, packed_batch
-    from tuneforge.train.config import TrainConfig
-    from tuneforge.train.methods import build_model
+    from tuneforge.train.collate import packed_batch
 
-    model_path = str(resolve_model("smollm2-135m"))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    _, rows, _ = datasets.read_prepared(args.data)
-    encoder = Encoder(tokenizer, 2048)
-    examples = [e for e in (encoder.chat(r["messages"]) for r in rows[: 8 * (args.steps + 2)]) if e is not None]
+    examples, plan, new_model = lora_steps(args.data, bf16=False, limit=8 * (args.steps + 2))
     batches = [packed_batch(examples[i:i + 8], share_prefix=True) for i in range(0, len(examples), 8)]
-    cfg = TrainConfig(data=args.data, out=Path("unused"), method="lora", tracking=[])
-    plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=False)
     torch.manual_seed(0)
-    model = build_model(cfg, model_path, "cpu", False, packing=True)
+    model = new_model()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-4, fused=True)
     layers = [m for m in model.modules() if hasattr(m, "_int8")]

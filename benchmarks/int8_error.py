@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lora_steps import lora_steps  # noqa: E402
 from machine import cpu_isa  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,27 +34,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     args = parser.parse_args()
 
-    from types import SimpleNamespace
-
-    from transformers import AutoTokenizer
-
-    from tuneforge.models import resolve_model
-    from tuneforge.train import data as datasets
     from tuneforge.train import fused_lora, loop
-    from tuneforge.train.collate import Encoder, packed_batch
-    from tuneforge.train.config import TrainConfig
-    from tuneforge.train.methods import build_model
+    from tuneforge.train.collate import packed_batch
     from tuneforge.train.run import INT8_SAMPLES
 
-    model_path = str(resolve_model("smollm2-135m"))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    _, rows, _ = datasets.read_prepared(args.data)
-    encoder = Encoder(tokenizer, 2048)
-    examples = [e for e in (encoder.chat(r["messages"]) for r in rows) if e is not None]
-    cfg = TrainConfig(data=args.data, out=Path("unused"), method="lora", tracking=[])
-    plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=False)
+    examples, plan, new_model = lora_steps(args.data, bf16=False)
     torch.manual_seed(0)
-    model = build_model(cfg, model_path, "cpu", False, packing=True)
+    model = new_model()
     generator = torch.Generator().manual_seed(1)
     for name, param in model.named_parameters():
         if "lora_B" in name:

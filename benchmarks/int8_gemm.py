@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +50,7 @@ def main() -> None:
     if avx2:
         restart_with_avx2_kernels()
     import torch
+    from lora_steps import fbgemm_pack
 
     torch.manual_seed(0)
     m = args.tokens
@@ -60,11 +60,7 @@ def main() -> None:
         xq = torch.randint(-127, 128, (m, k), dtype=torch.int8)
         wq = torch.randint(-127, 128, (n, k), dtype=torch.int8)
         row_major = wq.t().contiguous()
-        # quantized tensors are deprecated in PyTorch, but fbgemm's linear is only reachable through them
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            packed = torch.ops.quantized.linear_prepack(torch.quantize_per_channel(
-                w, w.abs().amax(1) / 127, torch.zeros(n, dtype=torch.long), 0, torch.qint8), None)
+        packed = fbgemm_pack(w)
         flops = 2 * m * k * n
         result["gops"][name] = {
             "fp32": rate(lambda: x @ w.t(), flops),

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lora_steps import lora_steps  # noqa: E402
 from machine import isa_label, restart_with_avx2_kernels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,37 +41,23 @@ def main() -> None:
     if avx2:
         restart_with_avx2_kernels()
 
-    from types import SimpleNamespace
-
     from torch.profiler import ProfilerActivity, profile
-    from transformers import AutoTokenizer
 
-    from tuneforge.models import resolve_model
-    from tuneforge.train import data as datasets
     from tuneforge.train import loop
-    from tuneforge.train.collate import Encoder, packed_batch
-    from tuneforge.train.config import TrainConfig
+    from tuneforge.train.collate import packed_batch
     from tuneforge.train.fused_lora import quantize_base
-    from tuneforge.train.methods import build_model
     from tuneforge.train.run import bf16_supported
 
     bf16 = bf16_supported("cpu") and not avx2 if args.precision == "auto" else args.precision == "bf16"
     int8 = args.precision == "int8"
-    model_path = str(resolve_model("smollm2-135m"))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    _, rows, _ = datasets.read_prepared(args.data)
-    encoder = Encoder(tokenizer, 2048)
     size = args.batch_size
-    n = size * (args.steps + 1)
-    examples = [e for e in (encoder.chat(r["messages"]) for r in rows[:n]) if e is not None]
-    cfg = TrainConfig(data=args.data, out=Path("unused"), method="lora", tracking=[])
-    plan = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), virtual_tokens=0, bf16=bf16)
+    examples, plan, new_model = lora_steps(args.data, bf16, limit=size * (args.steps + 1))
 
     result = {"isa": isa_label(avx2), "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
               "steps": args.steps, "batch_size": size}
     for share in (False, True):
         torch.manual_seed(0)
-        model = build_model(cfg, model_path, "cpu", bf16, packing=True)
+        model = new_model()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=True)
         batches = [packed_batch(examples[i:i + size], share_prefix=share) for i in range(0, len(examples), size)]
         if int8:  # smoothed on the batches it then trains on, as train does on its first examples
